@@ -1,0 +1,1 @@
+"""Accounts: users, organizations, memberships, API tokens, web sessions, and the permission function."""

@@ -1,0 +1,156 @@
+"""create_app(): builds the ASGI app and mounts every domain's routers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from sqlalchemy import text
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from opensci import __version__
+from opensci.db import Database
+from opensci.errors import OpenSciError
+from opensci.observability import BodyLimitMiddleware, Metrics, ObservabilityMiddleware, configure_logging
+from opensci.repos.gitstore import GitStore
+from opensci.settings import Settings, get_settings
+
+log = logging.getLogger("opensci")
+
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    416: "range_not_satisfiable",
+    422: "invalid_input",
+    429: "too_many_requests",
+}
+
+
+def error_reply(
+    request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> Response:
+    """The one error envelope. Pages (non-API paths asked for HTML) get the web's error page instead."""
+    render = getattr(request.app.state, "render_error_page", None)
+    if render is not None and wants_html(request):
+        return render(request, status, code, message)
+    return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
+
+
+def wants_html(request: Request) -> bool:
+    path = request.url.path
+    if path.startswith("/api/") or path.endswith(
+        (".git", "/info/refs", "/git-upload-pack", "/git-receive-pack")
+    ):
+        return False
+    return "text/html" in request.headers.get("accept", "")
+
+
+def _validation_message(errors: list[dict[str, Any]]) -> str:
+    parts = []
+    for e in errors[:5]:
+        where = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body",))
+        parts.append(f"{where}: {e.get('msg')}" if where else str(e.get("msg")))
+    return "; ".join(parts) or "invalid request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(OpenSciError)
+    async def _domain(request: Request, exc: OpenSciError) -> Response:
+        headers = {"WWW-Authenticate": 'Bearer realm="OpenSci"'} if exc.status == 401 else None
+        return error_reply(request, exc.status, exc.code, exc.message, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        return error_reply(request, 422, "invalid_input", _validation_message(list(exc.errors())))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        code = _STATUS_CODES.get(exc.status_code, "error")
+        message = exc.detail if isinstance(exc.detail, str) else code
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"nothing at {request.url.path}"
+        return error_reply(request, exc.status_code, code, message, getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> Response:
+        rid = getattr(request.state, "request_id", "")
+        log.exception("unhandled error (request_id=%s)", rid)
+        return error_reply(
+            request, 500, "internal_error", f"internal error; quote request id {rid} to the operator"
+        )
+
+
+def create_app(settings: Settings | None = None, *, migrate: bool = False) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings.log_level)
+    settings.ensure_dirs()
+    db = Database(settings.effective_database_url)
+    if migrate:
+        db.upgrade()
+    store = GitStore(settings.git_dir, settings.git_binary)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        db.dispose()
+
+    app = FastAPI(
+        lifespan=lifespan,
+        title="OpenSci",
+        version=__version__,
+        description="Open code, open data, open compute. Native REST API under /api/v1.",
+        docs_url="/api/docs",
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+    )
+    metrics = Metrics()
+    app.state.settings = settings
+    app.state.db = db
+    app.state.store = store
+    app.state.metrics = metrics
+
+    from opensci.repos.githttp import install_hooks
+
+    app.state.git_hooks = install_hooks(store, settings.home)
+    install_error_handlers(app)
+
+    @app.get("/api/health", tags=["operations"])
+    def health() -> dict[str, str]:
+        with db.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus() -> Response:
+        body, content_type = metrics.render()
+        return PlainTextResponse(body, media_type=content_type)
+
+    from opensci.accounts.api import avatars as accounts_avatars
+    from opensci.accounts.api import router as accounts_router
+    from opensci.repos.api import router as repos_router
+    from opensci.repos.githttp import router as git_router
+
+    app.include_router(accounts_router)
+    app.include_router(repos_router)
+    app.include_router(accounts_avatars)
+    app.include_router(git_router)  # before the web pages: /{owner}/{name}.git/... is git's
+    from opensci.web import mount as mount_web
+
+    mount_web(app)
+
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes)
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics)
+
+    return app

@@ -1,0 +1,63 @@
+"""HTTP Range support for file downloads (single byte ranges; enough for partial reads of remote files)."""
+
+from __future__ import annotations
+
+import re
+
+from fastapi import Response
+
+from opensci.errors import RangeNotSatisfiable
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """`bytes=a-b`, `bytes=a-` or `bytes=-n` → inclusive (start, end); None for no or an unusable header.
+
+    Multiple ranges are answered with the whole body (allowed by RFC 9110).
+    """
+    if not header:
+        return None
+    m = _RANGE.match(header.strip().replace(" ", ""))
+    if not m:
+        return None
+    first, last = m.groups()
+    if first == "" and last == "":
+        return None
+    if first == "":
+        n = int(last)
+        if n == 0:
+            raise RangeNotSatisfiable(f"empty suffix range for a {size}-byte file")
+        return max(0, size - n), size - 1
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if start >= size or (last and int(last) < start):
+        raise RangeNotSatisfiable(f"range {header!r} is outside the file's {size} bytes")
+    return start, end
+
+
+def bytes_response(
+    data: bytes,
+    range_header: str | None,
+    *,
+    media_type: str,
+    headers: dict[str, str],
+    head: bool = False,
+) -> Response:
+    """A 200, or a 206 with Content-Range, for `data`. `Accept-Ranges: bytes` is always announced."""
+    size = len(data)
+    headers = {**headers, "Accept-Ranges": "bytes"}
+    try:
+        rng = parse_range(range_header, size)
+    except RangeNotSatisfiable:
+        headers["Content-Range"] = f"bytes */{size}"
+        raise
+    if rng is None:
+        headers["Content-Length"] = str(size)
+        return Response(b"" if head else data, status_code=200, media_type=media_type, headers=headers)
+    start, end = rng
+    headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    headers["Content-Length"] = str(end - start + 1)
+    return Response(
+        b"" if head else data[start : end + 1], status_code=206, media_type=media_type, headers=headers
+    )

@@ -1,0 +1,6 @@
+"""Imports every domain's tables so that metadata and Alembic see them all."""
+
+from opensci.accounts import models as accounts_models
+from opensci.repos import models as repos_models
+
+__all__ = ["accounts_models", "repos_models"]

@@ -1,0 +1,1 @@
+"""Open code: git-backed repositories of every kind, git smart HTTP, commits and browsing."""

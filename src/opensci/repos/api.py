@@ -1,0 +1,340 @@
+"""REST routes of the repos domain under /api/v1/repos: thin wrappers over repos.service."""
+
+from __future__ import annotations
+
+import mimetypes
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from opensci.deps import ActorDep, SessionDep, SettingsDep, StoreDep, UserActorDep
+from opensci.errors import InvalidInput
+from opensci.http_range import bytes_response
+from opensci.repos import gitstore, service
+from opensci.repos.gitstore import Upload
+from opensci.repos.models import Repository
+from opensci.repos.schemas import (
+    CommitCreated,
+    CommitOut,
+    Page,
+    RefCreate,
+    RefOut,
+    RefsOut,
+    RepoCreate,
+    RepoOut,
+    RepoUpdate,
+    TreeEntryOut,
+    TreeOut,
+)
+from opensci.settings import Settings
+
+router = APIRouter(prefix="/api/v1/repos", tags=["repos"])
+
+# Types a browser would run or render as active content: served as plain text from the raw endpoint.
+_ACTIVE = (
+    "text/html",
+    "image/svg+xml",
+    "application/xhtml+xml",
+    "text/xml",
+    "application/xml",
+    "text/javascript",
+    "application/javascript",
+)
+
+
+def repo_out(repo: Repository, settings: Settings) -> RepoOut:
+    base = settings.base_url.rstrip("/")
+    return RepoOut(
+        id=repo.id,
+        owner=repo.owner.name,
+        name=repo.name,
+        full_name=repo.full_name,
+        kind=repo.kind,
+        private=repo.private,
+        description=repo.description,
+        license=repo.license,
+        tags=repo.tags or [],
+        default_branch=repo.default_branch,
+        created_at=repo.created_at,
+        updated_at=repo.updated_at,
+        url=f"{base}{repo.url_path}",
+        clone_url=f"{base}{repo.url_path}.git",
+    )
+
+
+def commit_out(c: gitstore.CommitInfo) -> CommitOut:
+    return CommitOut(
+        id=c.id,
+        title=c.title,
+        message=c.message,
+        author={"name": c.author_name, "email": c.author_email},
+        date=c.date,
+        parents=c.parents,
+    )
+
+
+@router.post("", status_code=201, response_model=RepoOut)
+def create_repo(
+    body: RepoCreate, session: SessionDep, store: StoreDep, actor: UserActorDep, settings: SettingsDep
+) -> RepoOut:
+    repo = service.create_repo(actor, session, store, **body.model_dump())
+    return repo_out(repo, settings)
+
+
+@router.get("", response_model=Page[RepoOut])
+def list_repos(
+    session: SessionDep,
+    actor: ActorDep,
+    settings: SettingsDep,
+    owner: str | None = None,
+    kind: str | None = None,
+    q: str | None = None,
+    sort: str = "updated",
+    page: Annotated[int, Query(ge=1)] = 1,
+    per_page: Annotated[int, Query(ge=1, le=100)] = 30,
+) -> Page[RepoOut]:
+    items, total = service.list_repos(
+        actor, session, owner=owner, kind=kind, q=q, page=page, per_page=per_page, sort=sort
+    )
+    return Page[RepoOut](
+        items=[repo_out(r, settings) for r in items],
+        page=page,
+        per_page=per_page,
+        total=total,
+        next_page=page + 1 if page * per_page < total else None,
+    )
+
+
+@router.get("/{owner}/{name}", response_model=RepoOut)
+def get_repo(owner: str, name: str, session: SessionDep, actor: ActorDep, settings: SettingsDep) -> RepoOut:
+    return repo_out(service.get_repo(actor, session, owner, name), settings)
+
+
+@router.patch("/{owner}/{name}", response_model=RepoOut)
+def update_repo(
+    owner: str,
+    name: str,
+    body: RepoUpdate,
+    session: SessionDep,
+    store: StoreDep,
+    actor: UserActorDep,
+    settings: SettingsDep,
+) -> RepoOut:
+    repo = service.get_repo(actor, session, owner, name)
+    repo = service.update_repo(actor, session, repo, store=store, **body.model_dump(exclude_unset=True))
+    return repo_out(repo, settings)
+
+
+@router.delete("/{owner}/{name}", status_code=204)
+def delete_repo(owner: str, name: str, session: SessionDep, store: StoreDep, actor: UserActorDep) -> Response:
+    repo = service.get_repo(actor, session, owner, name)
+    service.delete_repo(actor, session, store, repo)
+    return Response(status_code=204)
+
+
+@router.get("/{owner}/{name}/commits", response_model=Page[CommitOut])
+def list_commits(
+    owner: str,
+    name: str,
+    session: SessionDep,
+    store: StoreDep,
+    actor: ActorDep,
+    rev: str | None = None,
+    path: str = "",
+    page: Annotated[int, Query(ge=1)] = 1,
+    per_page: Annotated[int, Query(ge=1, le=100)] = 30,
+) -> Page[CommitOut]:
+    repo = service.get_repo(actor, session, owner, name)
+    g = service.open_git(store, repo)
+    if rev is None and gitstore.branch_head(g, repo.default_branch) is None:
+        return Page[CommitOut](items=[], page=page, per_page=per_page, next_page=None)  # empty repository
+    _, head = service.resolve(store, repo, rev)
+    commits, more = gitstore.log(g, head, path=path.strip("/"), skip=(page - 1) * per_page, limit=per_page)
+    return Page[CommitOut](
+        items=[commit_out(c) for c in commits],
+        page=page,
+        per_page=per_page,
+        next_page=page + 1 if more else None,
+    )
+
+
+@router.get("/{owner}/{name}/commits/{rev}", response_model=CommitOut)
+def get_commit(
+    owner: str, name: str, rev: str, session: SessionDep, store: StoreDep, actor: ActorDep
+) -> CommitOut:
+    repo = service.get_repo(actor, session, owner, name)
+    _, commit = service.resolve(store, repo, rev)
+    return commit_out(gitstore.commit_info(commit))
+
+
+@router.post("/{owner}/{name}/commits", status_code=201, response_model=CommitCreated)
+async def create_commit(
+    owner: str, name: str, request: Request, session: SessionDep, store: StoreDep, actor: UserActorDep
+) -> CommitCreated:
+    """One atomic commit from a multipart form: `message`, `branch`, `parent_commit`, `files` parts
+    (each part's filename is its path in the repository) and `delete` fields (paths to remove)."""
+    repo = await run_in_threadpool(service.get_repo, actor, session, owner, name, "write")
+    form = await request.form(max_files=100_000, max_fields=100_000)
+    try:
+        changes: dict[str, Upload | None] = {}
+        message, branch, parent = "", None, None
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if key != "files":
+                    raise InvalidInput(
+                        f"unexpected file field {key!r}; send files as 'files' parts", code="invalid_form"
+                    )
+                path = value.filename or ""
+                _add_change(changes, path, Upload(stream=value.file))
+            elif key == "message":
+                message = value
+            elif key == "branch":
+                branch = value or None
+            elif key == "parent_commit":
+                parent = value or None
+            elif key == "delete":
+                _add_change(changes, value, None)
+            else:
+                raise InvalidInput(f"unexpected form field {key!r}", code="invalid_form")
+        sha, parent_sha = await run_in_threadpool(
+            service.commit_files,
+            actor,
+            session,
+            store,
+            repo,
+            changes,
+            message=message,
+            branch=branch,
+            parent_commit=parent,
+        )
+    finally:
+        await form.close()
+    return CommitCreated(commit=sha, branch=branch or repo.default_branch, parent=parent_sha)
+
+
+def _add_change(changes: dict[str, Upload | None], path: str, change: Upload | None) -> None:
+    if path in changes:
+        raise InvalidInput(f"{path!r} appears twice in one commit", code="duplicate_path")
+    changes[path] = change
+
+
+def _tree(
+    owner: str,
+    name: str,
+    rev_path: str,
+    session: SessionDep,
+    store: StoreDep,
+    actor: ActorDep,
+    recursive: bool,
+) -> TreeOut:
+    repo = service.get_repo(actor, session, owner, name)
+    g = service.open_git(store, repo)
+    commit, _, path = gitstore.split_rev_path(g, rev_path or repo.default_branch)
+    entries = gitstore.list_tree(g, commit, path, recursive=recursive)
+    return TreeOut(
+        commit=str(commit.id),
+        path=path,
+        entries=[
+            TreeEntryOut(path=e.path, name=e.name, type=e.type, oid=e.oid, size=e.size) for e in entries
+        ],
+    )
+
+
+@router.get("/{owner}/{name}/tree", response_model=TreeOut)
+def tree_root(
+    owner: str, name: str, session: SessionDep, store: StoreDep, actor: ActorDep, recursive: bool = False
+) -> TreeOut:
+    return _tree(owner, name, "", session, store, actor, recursive)
+
+
+@router.get("/{owner}/{name}/tree/{rev_path:path}", response_model=TreeOut)
+def tree(
+    owner: str,
+    name: str,
+    rev_path: str,
+    session: SessionDep,
+    store: StoreDep,
+    actor: ActorDep,
+    recursive: bool = False,
+) -> TreeOut:
+    """Entries of a folder: `tree/{rev}/{path}`; a rev with slashes is matched longest first."""
+    return _tree(owner, name, rev_path, session, store, actor, recursive)
+
+
+@router.api_route("/{owner}/{name}/raw/{rev_path:path}", methods=["GET", "HEAD"])
+def raw(
+    owner: str,
+    name: str,
+    rev_path: str,
+    request: Request,
+    session: SessionDep,
+    store: StoreDep,
+    actor: ActorDep,
+) -> Response:
+    """A file's bytes at a revision, with HTTP Range and ETag (the git blob id)."""
+    repo = service.get_repo(actor, session, owner, name)
+    g = service.open_git(store, repo)
+    commit, _, path = gitstore.split_rev_path(g, rev_path)
+    blob = gitstore.read_blob(g, commit, path)
+    etag = f'"{blob.id}"'
+    headers = {
+        "ETag": etag,
+        "X-Repo-Commit": str(commit.id),
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "default-src 'none'; sandbox",
+        "Cache-Control": "private, max-age=0, must-revalidate"
+        if repo.private
+        else "public, max-age=0, must-revalidate",
+    }
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    media = mimetypes.guess_type(path)[0] or (
+        "text/plain; charset=utf-8" if not blob.is_binary else "application/octet-stream"
+    )
+    if media.split(";")[0] in _ACTIVE:
+        media = "text/plain; charset=utf-8"
+    return bytes_response(
+        blob.data,
+        request.headers.get("range"),
+        media_type=media,
+        headers=headers,
+        head=request.method == "HEAD",
+    )
+
+
+@router.get("/{owner}/{name}/refs", response_model=RefsOut)
+def list_refs(owner: str, name: str, session: SessionDep, store: StoreDep, actor: ActorDep) -> RefsOut:
+    repo = service.get_repo(actor, session, owner, name)
+    g = service.open_git(store, repo)
+    return RefsOut(
+        default_branch=repo.default_branch,
+        branches=[RefOut(**vars(r)) for r in gitstore.list_refs(g, "refs/heads/")],
+        tags=[RefOut(**vars(r)) for r in gitstore.list_refs(g, "refs/tags/")],
+    )
+
+
+@router.post("/{owner}/{name}/refs", status_code=201, response_model=RefOut)
+def create_ref(
+    owner: str, name: str, body: RefCreate, session: SessionDep, store: StoreDep, actor: UserActorDep
+) -> RefOut:
+    repo = service.get_repo(actor, session, owner, name)
+    ref = service.create_ref(actor, session, store, repo, **body.model_dump())
+    return RefOut(**vars(ref))
+
+
+_REF_TYPES = {"branch": "branch", "branches": "branch", "heads": "branch", "tag": "tag", "tags": "tag"}
+
+
+@router.delete("/{owner}/{name}/refs/{type}/{ref_name:path}", status_code=204)
+def delete_ref(
+    owner: str, name: str, type: str, ref_name: str, session: SessionDep, store: StoreDep, actor: UserActorDep
+) -> Response:
+    """Delete `refs/branch/{name}` or `refs/tag/{name}` (plural forms accepted)."""
+    repo = service.get_repo(actor, session, owner, name)
+    kind = _REF_TYPES.get(type)
+    if kind is None:
+        raise InvalidInput(f"unknown ref type {type!r}: use 'branch' or 'tag'", code="invalid_ref")
+    service.delete_ref(actor, session, store, repo, type=kind, name=ref_name)
+    return Response(status_code=204)

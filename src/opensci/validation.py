@@ -1,0 +1,109 @@
+"""Validation shared by several domains: names that appear in URLs, and paths inside repositories."""
+
+from __future__ import annotations
+
+import re
+
+from opensci.errors import InvalidInput
+
+_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$")
+
+# First path segments the server itself uses; no owner may take them.
+RESERVED_OWNER_NAMES = frozenset(
+    {
+        "api",
+        "datasets",
+        "models",
+        "spaces",
+        "static",
+        "login",
+        "logout",
+        "register",
+        "settings",
+        "explore",
+        "new",
+        "metrics",
+        "avatars",
+        "orgs",
+        "users",
+        "user",
+        "organizations",
+        "search",
+        "jobs",
+        "docs",
+        "redoc",
+        "openapi.json",
+        "health",
+        "help",
+        "about",
+        "favicon.ico",
+        "robots.txt",
+        "assets",
+        "git",
+        "lfs",
+    }
+)
+
+
+def check_name(value: str, what: str = "name") -> str:
+    """A URL-safe name: letters, digits, `.`, `_`, `-`; starts and ends with a letter or digit; ≤ 96."""
+    if not isinstance(value, str) or not _NAME.match(value) or ".." in value:
+        raise InvalidInput(
+            f"invalid {what} {value!r}: use 1-96 letters, digits, '.', '_' or '-', starting and ending "
+            "with a letter or digit, without '..'",
+            code="invalid_name",
+        )
+    if value.lower().endswith(".git"):
+        raise InvalidInput(f"invalid {what} {value!r}: it may not end in '.git'", code="invalid_name")
+    return value
+
+
+def check_owner_name(value: str) -> str:
+    check_name(value, "owner name")
+    if len(value) > 64:
+        raise InvalidInput(f"invalid owner name {value!r}: at most 64 characters", code="invalid_name")
+    if value.lower() in RESERVED_OWNER_NAMES:
+        raise InvalidInput(f"the name {value!r} is reserved", code="invalid_name")
+    return value
+
+
+def check_repo_path(path: str) -> str:
+    """A file path inside a repository: relative, `/`-separated, no `..`, `.git` or empty segments, no NUL."""
+    if not isinstance(path, str) or not path:
+        raise InvalidInput("empty path", code="invalid_path")
+    if "\x00" in path:
+        raise InvalidInput("a path may not contain NUL bytes", code="invalid_path")
+    if path.startswith("/") or re.match(r"^[A-Za-z]:", path):
+        raise InvalidInput(
+            f"path {path!r} is absolute; give it relative to the repository root", code="invalid_path"
+        )
+    if "\\" in path:
+        raise InvalidInput(f"path {path!r}: use '/' to separate folders", code="invalid_path")
+    if len(path.encode()) > 4096:
+        raise InvalidInput("path is longer than 4096 bytes", code="invalid_path")
+    for part in path.split("/"):
+        if part in ("", ".", ".."):
+            raise InvalidInput(f"path {path!r} has an empty, '.' or '..' segment", code="invalid_path")
+        if part.lower() == ".git":
+            raise InvalidInput(f"path {path!r} has a '.git' segment", code="invalid_path")
+    return path
+
+
+_ORCID = re.compile(r"^\d{4}-\d{4}-\d{4}-\d{3}[\dX]$")
+
+
+def check_orcid(value: str) -> str:
+    """An ORCID iD (0000-0002-1825-0097), with its ISO 7064 11-2 check digit verified. Empty is allowed."""
+    value = value.strip().removeprefix("https://orcid.org/")
+    if not value:
+        return ""
+    if not _ORCID.match(value):
+        raise InvalidInput(f"invalid ORCID iD {value!r}: expected 0000-0000-0000-0000", code="invalid_orcid")
+    digits = value.replace("-", "")
+    total = 0
+    for ch in digits[:-1]:
+        total = (total + int(ch)) * 2
+    check = (12 - total % 11) % 11
+    if digits[-1] != ("X" if check == 10 else str(check)):
+        raise InvalidInput(f"invalid ORCID iD {value!r}: wrong check digit", code="invalid_orcid")
+    return value
