@@ -37,7 +37,7 @@ class Actor:
 
     @property
     def is_anonymous(self) -> bool:
-        return self.user is None
+        return self.user is None and not self.system
 
     @property
     def is_admin(self) -> bool:

@@ -322,7 +322,7 @@ def _is_org_owner(actor: Actor, org: Owner) -> bool:
 
 
 def _require_org_admin(actor: Actor, org: Owner) -> None:
-    if actor.user is None:
+    if actor.is_anonymous:
         raise Unauthorized("log in or send an API token", code="login_required")
     if not can(actor, "admin", org):
         raise Forbidden(f"you are not an admin of {org.name}", code="forbidden")

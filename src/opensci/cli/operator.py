@@ -29,9 +29,9 @@ def _fail(message: str) -> None:
 def _session(migrate: bool = False) -> Iterator[tuple[Settings, Session]]:
     from opensci.db import Database
     from opensci.errors import OpenSciError
-    from opensci.settings import get_settings
+    from opensci.settings import Settings
 
-    settings = get_settings()
+    settings = Settings()
     settings.ensure_dirs()
     db = Database(settings.effective_database_url)
     if migrate:
@@ -54,9 +54,9 @@ def serve(
     import uvicorn
 
     from opensci.db import Database
-    from opensci.settings import get_settings
+    from opensci.settings import Settings
 
-    settings = get_settings()
+    settings = Settings()
     settings.ensure_dirs()
     db = Database(settings.effective_database_url)
     db.upgrade()
@@ -77,9 +77,9 @@ def serve(
 def db_upgrade(revision: str = "head") -> None:
     """Apply the database migrations."""
     from opensci.db import Database
-    from opensci.settings import get_settings
+    from opensci.settings import Settings
 
-    settings = get_settings()
+    settings = Settings()
     settings.ensure_dirs()
     db = Database(settings.effective_database_url)
     db.upgrade(revision)
