@@ -30,7 +30,9 @@ def run(*args: str) -> str:
     return result.output
 
 
-def test_user_token_org_commands_give_working_credentials(operator_env: Settings, live_server: LiveServer) -> None:
+def test_user_token_org_commands_give_working_credentials(
+    operator_env: Settings, live_server: LiveServer
+) -> None:
     run("user", "create", "root", "--password", "s3cret-pass", "--admin")
     run("user", "create", "ana", "--password", "s3cret-pass")
     out = run("token", "create", "--user", "ana", "--scope", "write")
@@ -50,7 +52,9 @@ def test_user_token_org_commands_give_working_credentials(operator_env: Settings
 def test_read_token_cannot_write(operator_env: Settings, live_server: LiveServer) -> None:
     run("user", "create", "ana", "--password", "s3cret-pass")
     token = run("token", "create", "--user", "ana", "--scope", "read").strip().splitlines()[-1]
-    r = httpx.post(f"{live_server.url}/api/v1/repos", json={"name": "x"}, headers={"Authorization": f"Bearer {token}"})
+    r = httpx.post(
+        f"{live_server.url}/api/v1/repos", json={"name": "x"}, headers={"Authorization": f"Bearer {token}"}
+    )
     assert r.status_code == 403
     assert r.json()["error"] == "insufficient_scope"
 

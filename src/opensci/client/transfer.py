@@ -1,0 +1,290 @@
+"""Moving files: uploads streamed from disk as one multipart commit, downloads resumed and verified.
+
+Uploads never hold a file in memory: the multipart body is generated chunk by chunk while httpx sends
+it, with an exact Content-Length computed up front. Downloads write to `<target>.part`, resume it with
+an HTTP Range request, check the size and the git blob id (the server's ETag), then rename it into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+
+from opensci.client.errors import TransferError, ValidationError
+from opensci.client.types import Download, TreeEntry
+
+if TYPE_CHECKING:
+    from opensci.client.client import Client
+
+CHUNK = 1024 * 1024
+_OID = re.compile(r"^[0-9a-f]{40}$")
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
+
+ProgressFn = Callable[[int, int], None]
+
+
+# --- upload --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    """A file to upload: where it goes in the repository, where it is on disk, and its size."""
+
+    path_in_repo: str
+    local: Path
+    size: int
+
+
+def collect(local_path: Path, path_in_repo: str | None) -> list[LocalFile]:
+    """The files to upload from a file or a folder (walked recursively in name order, without `.git`)."""
+    if local_path.is_dir():
+        prefix = (path_in_repo or "").strip("/")
+        out: list[LocalFile] = []
+        for root, dirs, names in os.walk(local_path):
+            dirs[:] = sorted(d for d in dirs if d != ".git")
+            for name in sorted(names):
+                if name == ".git":
+                    continue
+                p = Path(root) / name
+                try:
+                    st = p.stat()
+                except FileNotFoundError:  # a dangling symlink
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    rel = p.relative_to(local_path).as_posix()
+                    out.append(LocalFile(f"{prefix}/{rel}" if prefix else rel, p, st.st_size))
+        return out
+    st = local_path.stat()
+    if not stat.S_ISREG(st.st_mode):
+        raise ValidationError(f"{local_path} is neither a file nor a folder", code="invalid_path")
+    if path_in_repo is None or not path_in_repo.strip("/"):
+        target = local_path.name
+    elif path_in_repo.endswith("/"):
+        target = f"{path_in_repo.strip('/')}/{local_path.name}"
+    else:
+        target = path_in_repo.strip("/")
+    return [LocalFile(target, local_path, st.st_size)]
+
+
+def _quoted(value: str) -> str:
+    if "\r" in value or "\n" in value:
+        raise ValidationError(f"path {value!r} contains a line break", code="invalid_path")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class MultipartBody:
+    """A multipart/form-data body generated from disk while it is sent, with its exact length known."""
+
+    def __init__(
+        self, fields: list[tuple[str, str]], files: list[LocalFile], progress: ProgressFn | None
+    ) -> None:
+        boundary = secrets.token_hex(16)
+        self.content_type = f"multipart/form-data; boundary={boundary}"
+        self.progress = progress
+        self.total_file_bytes = sum(f.size for f in files)
+        self._segments: list[bytes | LocalFile] = []
+        for name, value in fields:
+            head = f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+            self._segments.append(head.encode() + value.encode() + b"\r\n")
+        for f in files:
+            head = (
+                f"--{boundary}\r\nContent-Disposition: form-data; "
+                f'name="files"; filename={_quoted(f.path_in_repo)}\r\n'
+                "Content-Type: application/octet-stream\r\n\r\n"
+            )
+            self._segments += [head.encode(), f, b"\r\n"]
+        self._segments.append(f"--{boundary}--\r\n".encode())
+        self.length = sum(s.size if isinstance(s, LocalFile) else len(s) for s in self._segments)
+
+    def __iter__(self) -> Iterator[bytes]:
+        done = 0
+        if self.progress:
+            self.progress(0, self.total_file_bytes)
+        for segment in self._segments:
+            if isinstance(segment, bytes):
+                yield segment
+                continue
+            with open(segment.local, "rb") as fh:
+                remaining = segment.size
+                while remaining:
+                    chunk = fh.read(min(CHUNK, remaining))
+                    if not chunk:
+                        raise TransferError(f"{segment.local} shrank while it was being uploaded")
+                    remaining -= len(chunk)
+                    done += len(chunk)
+                    yield chunk
+                    if self.progress:
+                        self.progress(done, self.total_file_bytes)
+                if fh.read(1):
+                    raise TransferError(f"{segment.local} grew while it was being uploaded")
+
+
+def upload(
+    client: Client,
+    repo: str,
+    files: list[LocalFile],
+    *,
+    message: str,
+    branch: str | None,
+    parent_commit: str | None,
+    delete: list[str] | None,
+    progress: ProgressFn | None,
+) -> str:
+    fields = [("message", message)]
+    if branch:
+        fields.append(("branch", branch))
+    if parent_commit:
+        fields.append(("parent_commit", parent_commit))
+    fields += [("delete", path.strip("/")) for path in delete or []]
+    body = MultipartBody(fields, files, progress)
+    response = client.request(
+        "POST",
+        client.api_path(repo, "commits"),
+        content=body,
+        headers={"Content-Type": body.content_type, "Content-Length": str(body.length)},
+        # The server stores and commits everything before it answers: give it time for large uploads.
+        timeout=httpx.Timeout(client.timeout, read=max(client.timeout, 600.0)),
+    )
+    return str(response.json()["commit"])
+
+
+# --- download ------------------------------------------------------------------------------------------
+
+
+def git_blob_id(path: Path) -> str:
+    """The id git gives a file's content: sha1 of `blob <size>\\0<bytes>`."""
+    h = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _has_content(path: Path, entry: TreeEntry) -> bool:
+    try:
+        if not path.is_file() or path.stat().st_size != entry.size:
+            return False
+    except OSError:
+        return False
+    return git_blob_id(path) == entry.oid
+
+
+def local_target(local_dir: Path, repo_path: str) -> Path:
+    """Where a repository path lands under local_dir; refuses paths that would escape it."""
+    parts = repo_path.split("/")
+    if any(p in ("", ".", "..") for p in parts) or "\\" in repo_path or "\x00" in repo_path:
+        raise TransferError(f"refusing to write the unsafe path {repo_path!r}", code="unsafe_path")
+    return local_dir.joinpath(*parts)
+
+
+def fetch_file(
+    client: Client, repo: str, commit: str, path: str, target: Path, progress: ProgressFn | None = None
+) -> None:
+    """Download `path` at `commit` to `target` through `<target>.part` (resumed if present)."""
+    part = target.with_name(target.name + ".part")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    url = client.api_path(repo, "raw", commit, path)
+    for _ in range(2):
+        offset = part.stat().st_size if part.exists() else 0
+        headers = {"Accept-Encoding": "identity"}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        with client.stream("GET", url, headers) as r:
+            if r.status_code == 416:  # the partial file is longer than the file: start again
+                part.unlink()
+                continue
+            if r.status_code == 206:
+                m = _CONTENT_RANGE.match(r.headers.get("content-range", ""))
+                if not m or int(m.group(1)) != offset:
+                    raise TransferError(f"{path}: the server answered a different range than asked for")
+                total: int | None = int(m.group(3))
+                mode = "ab"
+            else:
+                offset, mode = 0, "wb"
+                length = r.headers.get("content-length")
+                total = int(length) if length and length.isdigit() else None
+            etag = r.headers.get("etag", "").removeprefix("W/").strip('"')
+            done = offset
+            if progress:
+                progress(done, total or 0)
+            with open(part, mode) as fh:
+                for chunk in r.iter_bytes(CHUNK):
+                    fh.write(chunk)
+                    done += len(chunk)
+                    if progress:
+                        progress(done, total or done)
+        size = part.stat().st_size
+        if total is not None and size != total:
+            raise TransferError(f"{path}: received {size} of {total} bytes")
+        if _OID.match(etag) and git_blob_id(part) != etag:
+            part.unlink()
+            if offset:  # the partial file held other bytes: download the whole file once more
+                continue
+            raise TransferError(f"{path}: the bytes received do not match the file's git blob id {etag[:12]}")
+        os.replace(part, target)
+        return
+    raise TransferError(f"{path}: could not resume the partial download; run the download again")
+
+
+def download(
+    client: Client,
+    repo: str,
+    path: str | None,
+    rev: str | None,
+    local_dir: Path,
+    progress: ProgressFn | None,
+    *,
+    workers: int = 4,
+) -> Download:
+    commit = client.resolve(repo, rev)
+    path = (path or "").strip("/")
+    try:
+        entries = [e for e in client.list_tree(repo, path, rev=commit, recursive=True) if e.type == "file"]
+    except ValidationError as exc:
+        if exc.code != "not_a_folder":
+            raise
+        target = local_target(local_dir, path)
+        fetch_file(client, repo, commit, path, target, progress)
+        return Download(commit, local_dir, [target])
+
+    total = sum(e.size or 0 for e in entries)
+    lock = threading.Lock()
+    state = {"done": 0}
+    seen: dict[str, int] = {}
+
+    def advance(entry: TreeEntry, done: int) -> None:
+        with lock:
+            state["done"] += done - seen.get(entry.path, 0)
+            seen[entry.path] = done
+            if progress:
+                progress(state["done"], total)
+
+    def one(entry: TreeEntry) -> None:
+        target = local_target(local_dir, entry.path)
+        if _has_content(target, entry):
+            advance(entry, entry.size or 0)
+            return
+        fetch_file(client, repo, commit, entry.path, target, lambda done, _t: advance(entry, done))
+
+    if progress:
+        progress(0, total)
+    local_dir.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = [pool.submit(one, e) for e in entries]
+        finished, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        for f in pending:
+            f.cancel()
+        for f in finished:
+            f.result()  # re-raise the first failure
+    return Download(commit, local_dir, [local_target(local_dir, e.path) for e in entries])

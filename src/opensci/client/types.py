@@ -1,0 +1,223 @@
+"""What the SDK returns: plain frozen dataclasses built from the server's JSON (unknown keys are ignored,
+so a newer server does not break an older client)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+
+def _dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+@dataclass(frozen=True)
+class OrgMembership:
+    name: str
+    display_name: str
+    role: str
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    """The account behind the token (`whoami`)."""
+
+    name: str
+    display_name: str
+    email: str
+    is_admin: bool
+    token_scope: str
+    orgs: list[OrgMembership]
+    description: str = ""
+    affiliation: str = ""
+    orcid: str = ""
+    avatar_url: str = ""
+    created_at: datetime | None = None
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> UserInfo:
+        return cls(
+            name=d["name"],
+            display_name=d.get("display_name", ""),
+            email=d.get("email", ""),
+            is_admin=bool(d.get("is_admin")),
+            token_scope=d.get("token_scope", ""),
+            orgs=[OrgMembership(o["name"], o.get("display_name", ""), o["role"]) for o in d.get("orgs", [])],
+            description=d.get("description", ""),
+            affiliation=d.get("affiliation", ""),
+            orcid=d.get("orcid", ""),
+            avatar_url=d.get("avatar_url", ""),
+            created_at=_dt(d.get("created_at")),
+        )
+
+
+@dataclass(frozen=True)
+class Repo:
+    """A repository of any kind (code, dataset or model)."""
+
+    id: str
+    owner: str
+    name: str
+    full_name: str
+    kind: str
+    private: bool
+    description: str
+    license: str
+    tags: list[str]
+    default_branch: str
+    created_at: datetime | None
+    updated_at: datetime | None
+    url: str
+    clone_url: str
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Repo:
+        return cls(
+            id=d["id"],
+            owner=d["owner"],
+            name=d["name"],
+            full_name=d["full_name"],
+            kind=d["kind"],
+            private=bool(d["private"]),
+            description=d.get("description", ""),
+            license=d.get("license", ""),
+            tags=list(d.get("tags") or []),
+            default_branch=d["default_branch"],
+            created_at=_dt(d.get("created_at")),
+            updated_at=_dt(d.get("updated_at")),
+            url=d.get("url", ""),
+            clone_url=d.get("clone_url", ""),
+        )
+
+
+@dataclass(frozen=True)
+class Commit:
+    id: str
+    title: str
+    message: str
+    author_name: str
+    author_email: str
+    date: datetime | None
+    parents: list[str]
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Commit:
+        author = d.get("author") or {}
+        return cls(
+            id=d["id"],
+            title=d.get("title", ""),
+            message=d.get("message", ""),
+            author_name=author.get("name", ""),
+            author_email=author.get("email", ""),
+            date=_dt(d.get("date")),
+            parents=list(d.get("parents") or []),
+        )
+
+
+@dataclass(frozen=True)
+class TreeEntry:
+    """A file, folder or submodule; `path` is relative to the repository root, `size` is None for folders."""
+
+    path: str
+    name: str
+    type: str
+    oid: str
+    size: int | None
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TreeEntry:
+        return cls(d["path"], d["name"], d["type"], d["oid"], d.get("size"))
+
+
+@dataclass(frozen=True)
+class Tree:
+    """The entries of a folder at one commit. Iterating a Tree iterates its entries."""
+
+    commit: str
+    path: str
+    entries: list[TreeEntry]
+
+    def __iter__(self) -> Iterator[TreeEntry]:
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Tree:
+        return cls(d["commit"], d.get("path", ""), [TreeEntry.from_json(e) for e in d["entries"]])
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A branch or tag: `name` (main), `ref` (refs/heads/main) and the commit id it points at."""
+
+    name: str
+    ref: str
+    target: str
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Ref:
+        return cls(d["name"], d["ref"], d["target"])
+
+
+@dataclass(frozen=True)
+class Refs:
+    default_branch: str
+    branches: list[Ref]
+    tags: list[Ref]
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Refs:
+        return cls(
+            d["default_branch"],
+            [Ref.from_json(r) for r in d.get("branches", [])],
+            [Ref.from_json(r) for r in d.get("tags", [])],
+        )
+
+
+@dataclass(frozen=True)
+class Token:
+    """An API token as listed: never the secret itself, only its first characters (`prefix`)."""
+
+    id: str
+    name: str
+    scope: str
+    prefix: str
+    created_at: datetime | None
+    last_used_at: datetime | None
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Token:
+        return cls(
+            d["id"],
+            d["name"],
+            d["scope"],
+            d.get("prefix", ""),
+            _dt(d.get("created_at")),
+            _dt(d.get("last_used_at")),
+        )
+
+
+@dataclass(frozen=True)
+class NewToken(Token):
+    """A token just created: `token` is the secret, shown this once."""
+
+    token: str = field(default="", repr=False)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> NewToken:
+        t = Token.from_json(d)
+        return cls(t.id, t.name, t.scope, t.prefix, t.created_at, t.last_used_at, token=d["token"])
+
+
+@dataclass(frozen=True)
+class Download:
+    """The result of `Client.download`: the commit every file was read at, and where the files are."""
+
+    commit: str
+    local_dir: Path
+    files: list[Path]
