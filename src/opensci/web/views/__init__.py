@@ -1,0 +1,1 @@
+"""Page views, one module per domain: accounts, owners, repos (reading) and repo_admin (forms)."""
