@@ -68,8 +68,10 @@ def _validation_message(errors: list[dict[str, Any]]) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OpenSciError)
     async def _domain(request: Request, exc: OpenSciError) -> Response:
-        headers = {"WWW-Authenticate": 'Bearer realm="OpenSci"'} if exc.status == 401 else None
-        return error_reply(request, exc.status, exc.code, exc.message, headers)
+        headers = dict(exc.headers)
+        if exc.status == 401:
+            headers.setdefault("WWW-Authenticate", 'Bearer realm="OpenSci"')
+        return error_reply(request, exc.status, exc.code, exc.message, headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:

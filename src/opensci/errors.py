@@ -10,9 +10,13 @@ class OpenSciError(Exception):
     status: int = 400
     code: str = "bad_request"
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
+        # Extra reply headers (e.g. Content-Range on a 416).
+        self.headers = headers or {}
         if code:
             self.code = code
 

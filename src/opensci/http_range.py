@@ -22,17 +22,22 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if not m:
         return None
     first, last = m.groups()
+    unsatisfiable = {"Content-Range": f"bytes */{size}"}
     if first == "" and last == "":
         return None
     if first == "":
         n = int(last)
-        if n == 0:
-            raise RangeNotSatisfiable(f"empty suffix range for a {size}-byte file")
+        if n == 0 or size == 0:
+            raise RangeNotSatisfiable(
+                f"range {header!r} selects no bytes of a {size}-byte file", headers=unsatisfiable
+            )
         return max(0, size - n), size - 1
     start = int(first)
     end = min(int(last), size - 1) if last else size - 1
     if start >= size or (last and int(last) < start):
-        raise RangeNotSatisfiable(f"range {header!r} is outside the file's {size} bytes")
+        raise RangeNotSatisfiable(
+            f"range {header!r} is outside the file's {size} bytes", headers=unsatisfiable
+        )
     return start, end
 
 
@@ -47,11 +52,7 @@ def bytes_response(
     """A 200, or a 206 with Content-Range, for `data`. `Accept-Ranges: bytes` is always announced."""
     size = len(data)
     headers = {**headers, "Accept-Ranges": "bytes"}
-    try:
-        rng = parse_range(range_header, size)
-    except RangeNotSatisfiable:
-        headers["Content-Range"] = f"bytes */{size}"
-        raise
+    rng = parse_range(range_header, size)
     if rng is None:
         headers["Content-Length"] = str(size)
         return Response(b"" if head else data, status_code=200, media_type=media_type, headers=headers)

@@ -119,17 +119,31 @@ class BodyLimitMiddleware:
             )
             return
         seen = 0
+        exceeded = replaced = False
+        message_text = f"the request body is larger than the limit of {self.limit} bytes"
 
         async def limited() -> Message:
-            nonlocal seen
+            nonlocal seen, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise PayloadTooLarge(f"the request body is larger than the limit of {self.limit} bytes")
+                    exceeded = True
+                    raise PayloadTooLarge(message_text)
             return message
 
-        await self.app(scope, limited, send)
+        async def guarded(message: Message) -> None:
+            # Whatever the app made of the error raised while it read the body (FastAPI turns it into a
+            # 400 "error parsing the body"), the client gets the 413.
+            nonlocal replaced
+            if message["type"] == "http.response.start" and exceeded:
+                replaced = True
+                await _send_json(send, 413, "payload_too_large", message_text)
+                return
+            if not replaced:
+                await send(message)
+
+        await self.app(scope, limited, guarded)
 
 
 async def _send_json(send: Send, status: int, code: str, message: str) -> None:

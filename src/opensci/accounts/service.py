@@ -307,6 +307,8 @@ def remove_member(actor: Actor, session: Session, org: Owner, user: User) -> Non
     leaving = actor.user is not None and actor.user.id == user.id
     if not leaving:
         _require_org_admin(actor, org)
+    elif actor.scope != Scope.write:
+        raise Forbidden("a read-only token cannot leave an organization", code="insufficient_scope")
     if current is None:
         raise NotFound(f"{user.name} is not a member of {org.name}", code="member_not_found")
     if current.role == Role.owner:

@@ -160,7 +160,7 @@ def list_commits(
     )
 
 
-@router.get("/{owner}/{name}/commits/{rev}", response_model=CommitOut)
+@router.get("/{owner}/{name}/commits/{rev:path}", response_model=CommitOut)
 def get_commit(
     owner: str, name: str, rev: str, session: SessionDep, store: StoreDep, actor: ActorDep
 ) -> CommitOut:
@@ -263,7 +263,9 @@ def tree(
     return _tree(owner, name, rev_path, session, store, actor, recursive)
 
 
-@router.api_route("/{owner}/{name}/raw/{rev_path:path}", methods=["GET", "HEAD"])
+# Two routes, not one api_route with both methods: that gives both operations one OpenAPI operationId.
+@router.get("/{owner}/{name}/raw/{rev_path:path}")
+@router.head("/{owner}/{name}/raw/{rev_path:path}")
 def raw(
     owner: str,
     name: str,

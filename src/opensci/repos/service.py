@@ -298,7 +298,8 @@ def commit_files(
 
     With `parent_commit`, the commit lands only if the branch still points there (else Conflict and
     nothing is written to the branch). Without it, a commit that loses a race with another writer is
-    rebuilt on the new head and tried again, so neither writer's data is lost.
+    rebuilt on the new head and tried again, so neither writer's data is lost. A branch that does not
+    exist yet is created (if `create_branch`) starting at `parent_commit` or else the default branch.
     """
     _require(actor, "write", repo)
     branch = gitstore.valid_ref_name("heads", branch or repo.default_branch)
@@ -323,13 +324,15 @@ def commit_files(
         head = gitstore.branch_head(g, branch)
         if head is None and not create_branch:
             raise InvalidInput(f"branch {branch!r} does not exist", code="invalid_ref")
-        if parent_commit is not None and head != parent_commit:
+        if head is not None and parent_commit is not None and head != parent_commit:
             raise Conflict(
-                f"{branch} is at {head and head[:12]}, not at parent_commit {parent_commit[:12]}: "
+                f"{branch} is at {head[:12]}, not at parent_commit {parent_commit[:12]}: "
                 "fetch the new head and retry",
                 code="stale_parent",
             )
-        parent = g[head] if head else None
+        # A new branch starts at parent_commit, else at the default branch (an orphan only when empty).
+        base = head or parent_commit or gitstore.branch_head(g, repo.default_branch)
+        parent = g[base] if base else None
         new = gitstore.build_commit(
             g, parent, blobs, message=message.strip() + "\n", author=author, committer=author
         )
@@ -337,7 +340,7 @@ def commit_files(
             repo.id, ref, new, head or ZERO, f"commit (api): {message.splitlines()[0][:100]}"
         ):
             touch(session, repo)
-            return new, head
+            return new, base
     raise Conflict(f"{branch} is changing too fast; try again", code="busy_branch")
 
 
