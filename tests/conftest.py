@@ -51,6 +51,20 @@ def need_binary(name: str) -> str:
     return path
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _fast_password_hashing() -> Iterator[None]:
+    """Real argon2, with the smallest cost parameters: the default costs ~0.2 s a hash, and tests hash
+    hundreds of passwords. Servers started as subprocesses keep the production parameters."""
+    from argon2 import PasswordHasher
+
+    from opensci.accounts import security
+
+    production = security._hasher
+    security._hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    yield
+    security._hasher = production
+
+
 @pytest.fixture(autouse=True)
 def _isolate_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No test sees the developer's configuration: own HOME (git config, SDK config), no OPENSCI_* vars."""

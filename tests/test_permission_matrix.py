@@ -25,18 +25,11 @@ target, and the status each actor must get. `test_every_api_operation_has_a_row`
 when an operation of the OpenAPI document has no row; `test_every_other_route_has_a_row` does the same
 for the routes outside the schema (git, avatars, docs, metrics, pages).
 
-Pages (for the lead). Page routes are not in the OpenAPI document and are being written now, so most
-are exempt for the moment: `EXPECTED_UNCOVERED_PAGE_PREFIXES` lists them (an entry ending in "/" is a
-prefix, any other entry an exact path template). To bring a page under the matrix, add a `Row` to
-`PAGE_ROUTES`, like the two repository pages already there, for example
-
-    Row("GET", "/{owner}/{name}/tree/{rev_path}", repo_status(READ, 200), page("{web}/tree/main/data"),
-        NOT_DATASETS, page=True)
-
-(`page` asks for HTML like a browser; `{web}` is the target's page URL, with `/datasets` for a
-dataset; a page row checks the status only, not the JSON envelope), then remove the page's entry
-from `EXPECTED_UNCOVERED_PAGE_PREFIXES` (a prefix entry goes once every page under it has a row).
-Once no entry is left, the set can go and every route of the app is in the matrix.
+Pages. Page routes are not in the OpenAPI document; `PAGE_ROUTES` has a row for each (`page` asks for
+HTML like a browser; `{web}` is the target's page URL, with `/datasets` for a dataset; a page row
+checks the status only, since errors are HTML pages). `test_pages_never_name_a_repository_the_viewer_
+cannot_read` checks the listing pages' HTML. A new page fails the coverage check until it has a row;
+`EXPECTED_UNCOVERED_PAGE_PREFIXES` can exempt one (an entry ending in "/" is a prefix) but is empty.
 """
 
 from __future__ import annotations
@@ -526,31 +519,109 @@ OTHER_ROWS = [
     Row("GET", "/docs/oauth2-redirect", anyone(200), get("/docs/oauth2-redirect")),
 ]
 
-# ----- Web pages: rows go here (see the module docstring), and their entries leave the set below. -----
-PAGE_ROUTES: list[Row] = [
-    Row("GET", "/{owner}/{name}", repo_status(READ, 200), page("{web}"), NOT_DATASETS, page=True),
-    Row("GET", "/datasets/{owner}/{name}", repo_status(READ, 200), page("{web}"), DATASETS, page=True),
-]
+# ----- Web pages ---------------------------------------------------------------------------------------
+# Pages answer with the same HTTP statuses as the API (404 for an unreadable repository, an HTML page).
+# A page that needs a login sends an anonymous visitor to /login (303). Forms need a browser session and
+# its CSRF token: a POST without one is refused with 403 before anything is looked up, so a private
+# repository and a missing one answer alike.
 
-EXPECTED_UNCOVERED_PAGE_PREFIXES = {
-    # Exact path templates.
-    "/",
-    "/favicon.ico",
-    "/login",
-    "/logout",
-    "/register",
-    "/explore",
-    "/models",
-    "/datasets",
-    "/new",
-    "/settings",
-    "/{owner}",
-    # Prefixes (ending in "/").
-    "/static/",
-    "/settings/",
-    "/{owner}/{name}/",
-    "/datasets/{owner}/{name}/",
-}
+
+def login_page(ok: int) -> Expect:
+    return lambda actor, target: 303 if actor == "anonymous" else ok
+
+
+def logged_out_page(ok: int) -> Expect:
+    return lambda actor, target: ok if actor == "anonymous" else 303
+
+
+def repo_admin_page(actor: str, target: Target | None) -> int:
+    assert target is not None
+    have = level(actor, target.owner, target.private)
+    if have == NONE:
+        return 404
+    if actor == "anonymous":
+        return 303
+    return 200 if have >= ADMIN and actor != "alice_read" else 403
+
+
+def form(url: str) -> Build:
+    """A form POST as a script would send it: credentials but no browser session or CSRF token."""
+
+    def build(w: World, actor: str, t: Target | None) -> Req:
+        req = page(url)(w, actor, t)
+        req.data = {"description": "changed", "confirm": t.name if t else "x"}
+        return req
+
+    return build
+
+
+def _page_rows() -> list[Row]:
+    rows = [
+        Row("GET", "/", anyone(200), page("/"), page=True),
+        Row("GET", "/explore", anyone(200), page("/explore?q=secret"), page=True),
+        Row("GET", "/datasets", anyone(302), page("/datasets"), page=True),
+        Row("GET", "/models", anyone(302), page("/models"), page=True),
+        Row("GET", "/favicon.ico", anyone(301), page("/favicon.ico"), page=True),
+        Row("GET", "/static/{path}", anyone(200), page("/static/opensci.css"), page=True),
+        # Signed-in visitors are sent on from the login and registration pages.
+        Row("GET", "/login", logged_out_page(200), page("/login"), page=True),
+        Row("GET", "/register", logged_out_page(200), page("/register"), page=True),
+        # The logout page is for browser sessions; without one there is nothing to log out of.
+        Row("GET", "/logout", anyone(303), page("/logout"), page=True),
+        Row("GET", "/new", login_page(200), page("/new"), page=True),
+        Row("GET", "/settings", login_page(303), page("/settings"), page=True),
+        Row("GET", "/settings/profile", login_page(200), page("/settings/profile"), page=True),
+        Row("GET", "/settings/password", login_page(200), page("/settings/password"), page=True),
+        Row("GET", "/settings/tokens", login_page(200), page("/settings/tokens"), page=True),
+        Row("GET", "/{owner}", anyone(200), page("/alice"), page=True, label="user"),
+        Row("GET", "/{owner}", anyone(200), page("/lab"), page=True, label="org"),
+        Row("GET", "/{owner}", anyone(404), page("/nobody-here"), page=True, label="missing"),
+    ]
+    rows.append(Row("POST", "/logout", anyone(303), form("/logout"), page=True))
+    for path in (
+        "/login",
+        "/register",
+        "/new",
+        "/settings/profile",
+        "/settings/password",
+        "/settings/tokens",
+        "/settings/tokens/{token_id}/revoke",
+    ):
+        url = path.replace("{token_id}", "0123456789abcdef0123456789abcdef")
+        rows.append(Row("POST", path, anyone(403), form(url), page=True))
+    for prefix, targets in (("", NOT_DATASETS), ("/datasets", DATASETS)):
+        reads = {
+            "": "{web}",
+            "/tree/{rev_path}": "{web}/tree/feature/x/data",
+            "/blob/{rev_path}": "{web}/blob/main/data/table.csv",
+            "/commits": "{web}/commits",
+            "/commits/{rev}": "{web}/commits/feature/x",
+            "/commit/{sha}": "{web}/commit/main",
+            "/branches": "{web}/branches",
+        }
+        for suffix, url in reads.items():
+            route = f"{prefix}/{{owner}}/{{name}}{suffix}"
+            rows.append(Row("GET", route, repo_status(READ, 200), page(url), targets, page=True))
+        route = f"{prefix}/{{owner}}/{{name}}/settings"
+        rows.append(Row("GET", route, repo_admin_page, page("{web}/settings"), targets, page=True))
+        for suffix in ("/settings", "/settings/rename", "/settings/delete"):
+            rows.append(
+                Row(
+                    "POST",
+                    f"{prefix}/{{owner}}/{{name}}{suffix}",
+                    anyone(403),
+                    form("{web}" + suffix),
+                    targets,
+                    page=True,
+                )
+            )
+    return rows
+
+
+PAGE_ROUTES: list[Row] = _page_rows()
+
+# Every page has rows now; an entry here would exempt a page route from the coverage check.
+EXPECTED_UNCOVERED_PAGE_PREFIXES: set[str] = set()
 
 ROWS = [*API_ROWS, *GIT_ROWS, *OTHER_ROWS, *PAGE_ROUTES]
 
@@ -765,8 +836,8 @@ def test_the_coverage_checks_notice_a_new_route(world: World) -> None:
         app.include_router(router, prefix="")
         assert uncovered_api_operations(app) == [("GET", "/api/v1/repos/{owner}/{name}/stars")]
         assert ("POST", "/{owner}/{repo_name}/info/lfs/objects/batch") in uncovered_other_routes(app)
-        # A page under an exempt prefix is not reported, until its entry leaves the set.
-        assert ("GET", "/datasets/{owner}/{name}/viewer/{rev}") not in uncovered_other_routes(app)
+        # Every page is in the matrix, so a new page is reported too.
+        assert ("GET", "/datasets/{owner}/{name}/viewer/{rev}") in uncovered_other_routes(app)
     finally:
         app.state.db.dispose()
 
@@ -804,3 +875,30 @@ def test_openapi_operation_ids_are_unique(world: World) -> None:
     """Rows are keyed by method and path; clients generated from the document, by operationId."""
     ids = [op["operationId"] for ops in world.app.openapi()["paths"].values() for op in ops.values()]
     assert len(ids) == len(set(ids)), sorted(i for i in ids if ids.count(i) > 1)
+
+
+PAGES_THAT_LIST_REPOS = (
+    "/",
+    "/explore",
+    "/explore?q=secret",
+    "/explore?q=lab&kind=dataset",
+    "/alice",
+    "/lab",
+)
+
+
+@pytest.mark.parametrize("actor", ACTORS)
+def test_pages_never_name_a_repository_the_viewer_cannot_read(world: World, actor: str) -> None:
+    """The web's listings follow the same rule as the API's: names of unreadable repositories never appear."""
+    html = {
+        url: world.client.get(url, headers={**world.headers(actor), "Accept": "text/html"}).text
+        for url in PAGES_THAT_LIST_REPOS
+    }
+    for t in TARGETS.values():
+        readable = level(actor, t.owner, t.private) >= READ
+        for url, text in html.items():
+            if not readable:
+                assert t.name not in text, f"{actor} sees {t.full_name} on {url}"
+        owner_page = html[f"/{t.owner}"]
+        if readable:
+            assert f"/{t.full_name}" in owner_page, f"{actor} misses {t.full_name} on /{t.owner}"
