@@ -245,16 +245,18 @@ def test_ranges_of_an_empty_file(client: TestClient, alice: Account, history: li
         assert r.headers["content-range"] == "bytes */0"
 
 
-def test_html_and_svg_are_served_as_plain_text(
+def test_html_is_served_as_plain_text_and_svg_runs_no_script(
     client: TestClient, alice: Account, history: list[str]
 ) -> None:
     committed(client, alice, REPO, {"pic.svg": "<svg onload='alert(1)'/>", "data.json": "{}"})
-    for path in ("page.html", "pic.svg"):
+    for path, media in (("page.html", "text/plain; charset=utf-8"), ("pic.svg", "image/svg+xml")):
         r = client.get(url(f"raw/main/{path}"))
         assert r.status_code == 200
-        assert r.headers["content-type"] == "text/plain; charset=utf-8", path
+        assert r.headers["content-type"] == media, path
         assert r.headers["x-content-type-options"] == "nosniff"
-        assert "sandbox" in r.headers["content-security-policy"]
+        policy = [d.strip() for d in r.headers["content-security-policy"].split(";")]
+        assert "sandbox" in policy and "default-src 'none'" in policy
+        assert not any(d.startswith("script-src") for d in policy)
     assert client.get(url("raw/main/page.html")).content == HTML
     assert client.get(url("raw/main/data.json")).headers["content-type"] == "application/json"
 

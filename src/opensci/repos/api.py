@@ -32,10 +32,13 @@ from opensci.settings import Settings
 
 router = APIRouter(prefix="/api/v1/repos", tags=["repos"])
 
+# Raw files are user content on our origin: no scripts, no plugins, no requests, an opaque origin.
+RAW_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; sandbox"
+
 # Types a browser would run or render as active content: served as plain text from the raw endpoint.
+# SVG is the exception (figures in READMEs): it keeps its type, under a policy that runs no script.
 _ACTIVE = (
     "text/html",
-    "image/svg+xml",
     "application/xhtml+xml",
     "text/xml",
     "application/xml",
@@ -285,7 +288,7 @@ def raw(
         "ETag": etag,
         "X-Repo-Commit": str(commit.id),
         "X-Content-Type-Options": "nosniff",
-        "Content-Security-Policy": "default-src 'none'; sandbox",
+        "Content-Security-Policy": RAW_CSP,
         "Cache-Control": "private, max-age=0, must-revalidate"
         if repo.private
         else "public, max-age=0, must-revalidate",
