@@ -150,13 +150,16 @@ def valid_ref_name(kind: str, name: str) -> str:
 
 
 def list_refs(repo: pygit2.Repository, prefix: str) -> list[RefInfo]:
+    """Branches or tags and the commit each points at. Git lets a tag name a tree or a blob; such a
+    tag is no revision, so it is left out rather than breaking the listing."""
     out = []
     for ref in repo.references.iterator():
         if not ref.name.startswith(prefix):
             continue
-        target = (
-            ref.peel(pygit2.Commit) if ref.type == pygit2.enums.ReferenceType.DIRECT else ref.resolve().peel()
-        )
+        try:
+            target = ref.resolve().peel(pygit2.Commit)
+        except (pygit2.GitError, KeyError):
+            continue
         out.append(RefInfo(name=ref.name[len(prefix) :], ref=ref.name, target=str(target.id)))
     return sorted(out, key=lambda r: r.name)
 
@@ -175,7 +178,10 @@ def resolve(repo: pygit2.Repository, rev: str) -> pygit2.Commit:
             continue
         ref = repo.references.get(prefix + rev)
         if ref is not None:
-            return ref.peel(pygit2.Commit)
+            try:
+                return ref.resolve().peel(pygit2.Commit)
+            except (pygit2.GitError, KeyError) as exc:
+                raise RevisionNotFound(f"{rev!r} does not point to a commit") from exc
     if _HEX.match(rev):
         try:
             obj = repo.revparse_single(rev)
