@@ -112,6 +112,9 @@ def test_duplicate_refs_are_409(client: TestClient, alice: Account, shas: list[s
         "st*r",
         "br[",
         "a@{b",
+        "-x",
+        "@",
+        "HEAD",
         "x" * 201,
     ],
 )

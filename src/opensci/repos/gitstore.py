@@ -94,7 +94,7 @@ class GitStore:
                 # Every ref update is logged; git never auto-deletes objects a concurrent push may need.
                 fh.write("[core]\n\tlogAllRefUpdates = always\n[receive]\n\tfsckObjects = true\n")
                 fh.write(
-                    "[gc]\n\tauto = 0\n[uploadpack]\n\tallowFilter = true\n\tallowAnySHA1InWant = true\n"
+                    "[gc]\n\tauto = 0\n[uploadpack]\n\tallowFilter = true\n\tallowReachableSHA1InWant = true\n"
                 )
             os.rename(tmp, final)
         except BaseException:
@@ -142,7 +142,13 @@ class GitStore:
 
 def valid_ref_name(kind: str, name: str) -> str:
     """A branch or tag name, checked with git's own rules."""
-    if not name or len(name) > 200 or not pygit2.reference_is_valid_name(f"refs/{kind}/{name}"):
+    if (
+        not name
+        or len(name) > 200
+        or name.startswith("-")  # git's own `check-ref-format --branch` refuses these, as options
+        or name in ("@", "HEAD")
+        or not pygit2.reference_is_valid_name(f"refs/{kind}/{name}")
+    ):
         raise InvalidInput(
             f"invalid {'branch' if kind == 'heads' else 'tag'} name {name!r}", code="invalid_ref"
         )
