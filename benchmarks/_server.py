@@ -26,16 +26,30 @@ class Server:
         self.home = Path(tempfile.mkdtemp(prefix="opensci-bench-"))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "OPENSCI_HOME": str(self.home), "OPENSCI_BASE_URL": self.url, "OPENSCI_LOG_LEVEL": "warning"}
+        self.env = {
+            **os.environ,
+            "OPENSCI_HOME": str(self.home),
+            "OPENSCI_BASE_URL": self.url,
+            "OPENSCI_LOG_LEVEL": "warning",
+        }
         self.proc: subprocess.Popen[bytes] | None = None
         self.token = ""
 
     def __enter__(self) -> Server:
-        run = lambda *a: subprocess.run([str(BIN / "opensci"), *a], env=self.env, check=True, capture_output=True, text=True)  # noqa: E731
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [str(BIN / "opensci"), *args], env=self.env, check=True, capture_output=True, text=True
+            )
+
         run("demo", "seed")
-        self.token = run("token", "create", "--user", "admin", "--scope", "write").stdout.strip().splitlines()[-1]
+        self.token = (
+            run("token", "create", "--user", "admin", "--scope", "write").stdout.strip().splitlines()[-1]
+        )
         self.proc = subprocess.Popen(
-            [str(BIN / "opensci"), "serve", "--port", str(self.port)], env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            [str(BIN / "opensci"), "serve", "--port", str(self.port)],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_healthy(self.url)
         return self

@@ -17,13 +17,14 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _server import BIN, Server, free_port, wait_healthy  # noqa: E402
+from _server import BIN, Server, free_port, wait_healthy
 
 BASELINE_APP = """
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    headers = [(b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": b'{"status":"ok"}'})
 """
 
@@ -52,7 +53,15 @@ def main() -> None:
     (tmp / "baseline_app.py").write_text(BASELINE_APP)
     port = free_port()
     base = subprocess.Popen(
-        [str(BIN / "uvicorn"), "baseline_app:app", "--port", str(port), "--log-level", "warning", "--no-access-log"],
+        [
+            str(BIN / "uvicorn"),
+            "baseline_app:app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
         cwd=tmp,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -61,7 +70,10 @@ def main() -> None:
         wait_healthy(f"http://127.0.0.1:{port}", "/")
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as c:
             baseline = measure(c, "/", n)
-        with Server() as server, httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {server.token}"}) as c:
+        with (
+            Server() as server,
+            httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {server.token}"}) as c,
+        ):
             cases = {
                 "GET /api/health": "/api/health",
                 "GET repo metadata": "/api/v1/repos/demo-lab/hello-science",
@@ -79,9 +91,9 @@ def main() -> None:
     b50 = p(baseline, 50)
     print(f"API latency, {n} sequential keep-alive requests each (ms; ratio = p50 / baseline p50)")
     print(f"{'endpoint':28} {'p50':>8} {'p95':>8} {'req/s':>8} {'ratio':>7}")
-    print(f"{'baseline (trivial ASGI)':28} {b50:8.2f} {p(baseline, 95):8.2f} {n / sum(baseline):8.0f} {1.0:7.2f}")
-    for label, times in results.items():
-        print(f"{label:28} {p(times, 50):8.2f} {p(times, 95):8.2f} {n / sum(times):8.0f} {p(times, 50) / b50:7.2f}")
+    for label, times in {"baseline (trivial ASGI)": baseline, **results}.items():
+        p50, p95, rate = p(times, 50), p(times, 95), n / sum(times)
+        print(f"{label:28} {p50:8.2f} {p95:8.2f} {rate:8.0f} {p50 / b50:7.2f}")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _server import Server  # noqa: E402
+from _server import Server
 
 GIT_ENV = {
     **os.environ,
@@ -47,7 +47,9 @@ def make_repo(work: Path, files: int, commits: int, binary_mb: int) -> Path:
             i = rng.randrange(files)
             path = src / f"pkg{i % 40}" / f"module_{i}.py"
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("\n".join(" ".join(rng.choices(words, k=12)) for _ in range(rng.randint(20, 200))))
+            path.write_text(
+                "\n".join(" ".join(rng.choices(words, k=12)) for _ in range(rng.randint(20, 200)))
+            )
         if c == commits // 2 and binary_mb:
             (src / "data").mkdir(exist_ok=True)
             (src / "data" / "blob.bin").write_bytes(rng.randbytes(binary_mb * 1024 * 1024))
@@ -92,7 +94,10 @@ def main() -> None:
             http.append(timed_clone(http_url, work / "c-http", []))
     shutil.rmtree(work, ignore_errors=True)
     d, h = statistics.median(disk), statistics.median(http)
-    print(f"git clone of {args.files} files, {args.commits} commits, pack {size / 1e6:.1f} MB; median of {args.rounds} rounds")
+    print(
+        f"git clone of {args.files} files, {args.commits} commits, pack {size / 1e6:.1f} MB; "
+        f"median of {args.rounds} rounds"
+    )
     print(f"{'from disk (git clone --no-local)':36} {d:7.3f} s  {size / d / 1e6:8.1f} MB/s")
     print(f"{'over OpenSci smart HTTP':36} {h:7.3f} s  {size / h / 1e6:8.1f} MB/s")
     print(f"ratio http/disk time: {h / d:.2f}x  (throughput {d / h:.2f} of disk)")

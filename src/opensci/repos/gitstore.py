@@ -94,7 +94,8 @@ class GitStore:
                 # Every ref update is logged; git never auto-deletes objects a concurrent push may need.
                 fh.write("[core]\n\tlogAllRefUpdates = always\n[receive]\n\tfsckObjects = true\n")
                 fh.write(
-                    "[gc]\n\tauto = 0\n[uploadpack]\n\tallowFilter = true\n\tallowReachableSHA1InWant = true\n"
+                    "[gc]\n\tauto = 0\n"
+                    "[uploadpack]\n\tallowFilter = true\n\tallowReachableSHA1InWant = true\n"
                 )
             os.rename(tmp, final)
         except BaseException:
