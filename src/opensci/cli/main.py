@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from opensci.cli import commands, operator
+from opensci.cli import commands, operator, tokens
 
 app = typer.Typer(
     name="opensci",
@@ -15,6 +15,7 @@ app = typer.Typer(
 )
 operator.register(app)
 commands.register(app)
+tokens.register(app)
 
 if __name__ == "__main__":
     app()

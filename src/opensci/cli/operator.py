@@ -15,7 +15,6 @@ if TYPE_CHECKING:
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 user_app = typer.Typer(help="User accounts (operator).", no_args_is_help=True)
-token_app = typer.Typer(help="API tokens (operator).", no_args_is_help=True)
 org_app = typer.Typer(help="Organizations (operator).", no_args_is_help=True)
 demo_app = typer.Typer(help="The demo content.", no_args_is_help=True)
 
@@ -103,13 +102,8 @@ def user_create(
         typer.echo(f"created user {user.name}{' (admin)' if admin else ''}")
 
 
-@token_app.command("create")
-def token_create(
-    user: Annotated[str, typer.Option(help="The user the token acts as.")],
-    scope: Annotated[str, typer.Option(help="read or write")] = "read",
-    name: Annotated[str, typer.Option(help="A label for the token.")] = "cli",
-) -> None:
-    """Create an API token; the token is printed as the last line."""
+def token_create_for(user: str, scope: str, name: str) -> None:
+    """`opensci token create --user NAME`: a token for any user, made on the server's machine."""
     from opensci.accounts import service
 
     with _session(migrate=True) as (_, session):
@@ -177,6 +171,5 @@ def register(app: typer.Typer) -> None:
     app.command()(serve)
     app.add_typer(db_app, name="db")
     app.add_typer(user_app, name="user")
-    app.add_typer(token_app, name="token")
     app.add_typer(org_app, name="org")
     app.add_typer(demo_app, name="demo")
