@@ -6,6 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 export OPENSCI_HOME ?= $(CURDIR)/var
+export OPENSCI_BASE_URL ?= http://$(HOST):$(PORT)
 
 .PHONY: serve test test-sqlite test-postgresql lint system-deps bench clean
 

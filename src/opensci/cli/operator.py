@@ -160,7 +160,7 @@ def demo_seed(
     from opensci.repos.gitstore import GitStore
 
     with _session(migrate=True) as (settings, session):
-        created = seed(session, GitStore(settings.git_dir, settings.git_binary), password)
+        created = seed(session, GitStore(settings.git_dir, settings.git_binary), password, settings.base_url)
         if created:
             typer.echo(f"demo created: log in as 'admin' with password {password!r}")
         else:
