@@ -67,6 +67,9 @@ def check_owner_name(value: str) -> str:
     return value
 
 
+MAX_PATH_DEPTH = 256  # segments of a path; deeper trees are built and walked recursively
+
+
 def check_repo_path(path: str) -> str:
     """A file path inside a repository: relative, `/`-separated, no `..`, `.git` or empty segments, no NUL."""
     if not isinstance(path, str) or not path:
@@ -81,6 +84,8 @@ def check_repo_path(path: str) -> str:
         raise InvalidInput(f"path {path!r}: use '/' to separate folders", code="invalid_path")
     if len(path.encode()) > 4096:
         raise InvalidInput("path is longer than 4096 bytes", code="invalid_path")
+    if path.count("/") >= MAX_PATH_DEPTH:
+        raise InvalidInput(f"path is nested more than {MAX_PATH_DEPTH} folders deep", code="invalid_path")
     for part in path.split("/"):
         if part in ("", ".", ".."):
             raise InvalidInput(f"path {path!r} has an empty, '.' or '..' segment", code="invalid_path")
@@ -94,7 +99,8 @@ _ORCID = re.compile(r"^\d{4}-\d{4}-\d{4}-\d{3}[\dX]$")
 
 def check_orcid(value: str) -> str:
     """An ORCID iD (0000-0002-1825-0097), with its ISO 7064 11-2 check digit verified. Empty is allowed."""
-    value = value.strip().removeprefix("https://orcid.org/")
+    # The forms people paste: the iD, or its URL (https, http, or without a scheme); x for X.
+    value = re.sub(r"^(?:https?://)?(?:www\.)?orcid\.org/", "", value.strip(), flags=re.IGNORECASE).upper()
     if not value:
         return ""
     if not _ORCID.match(value):

@@ -8,6 +8,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from opensci.accounts.avatars import initials
 from tests.api_helpers import API, error_code
 from tests.conftest import Account
 
@@ -259,6 +260,10 @@ def test_profile_update_with_a_valid_orcid(client: TestClient, alice: Account) -
     [
         ("https://orcid.org/0000-0002-1825-0097", "0000-0002-1825-0097"),
         ("0000-0002-1694-233X", "0000-0002-1694-233X"),  # check digit X
+        ("0000-0002-1694-233x", "0000-0002-1694-233X"),
+        ("http://orcid.org/0000-0002-1825-0097", "0000-0002-1825-0097"),
+        ("orcid.org/0000-0002-1825-0097", "0000-0002-1825-0097"),
+        (" https://www.orcid.org/0000-0002-1825-0097 ", "0000-0002-1825-0097"),
         ("", ""),
     ],
 )
@@ -303,3 +308,18 @@ def test_avatar_is_an_svg_for_users_and_orgs(client: TestClient, alice: Account)
         assert r.headers["content-type"].startswith("image/svg+xml")
         assert r.text.lstrip().startswith("<svg")
     assert client.get("/avatars/nobody.svg").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("display_name", "name", "expected"),
+    [
+        ("Ada Lovelace", "ada", "AL"),
+        ("", "demo-lab", "DL"),
+        ("Avery <Lab>", "avery", "AL"),
+        ("Dr. (Jane) Doe", "jane", "DJ"),
+        ("<>!!", "bob", "BO"),
+        ("Ünïcode", "u", "ÜN"),
+    ],
+)
+def test_avatar_initials_are_letters_or_digits(display_name: str, name: str, expected: str) -> None:
+    assert initials(display_name, name) == expected

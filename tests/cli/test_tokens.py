@@ -11,8 +11,8 @@ from opensci.cli.main import app as cli
 from tests.conftest import Account, LiveServer
 
 
-def invoke(server: LiveServer, token: str, *args: str, code: int = 0) -> str:
-    env = {"OPENSCI_URL": server.url, "OPENSCI_TOKEN": token, "COLUMNS": "200"}
+def invoke(server: LiveServer, token: str, *args: str, code: int = 0, columns: int = 200) -> str:
+    env = {"OPENSCI_URL": server.url, "OPENSCI_TOKEN": token, "COLUMNS": str(columns)}
     result = CliRunner().invoke(cli, list(args), env=env)
     assert result.exit_code == code, result.output
     assert "Traceback" not in result.output
@@ -34,6 +34,8 @@ def test_create_list_and_revoke_a_token(live_server: LiveServer, alice: Account)
     assert all("token" not in t for t in listed), "a listing must never contain a secret"
     table = invoke(live_server, alice.token, "token", "list")
     assert "laptop" in table and secret not in table
+    narrow = invoke(live_server, alice.token, "token", "list", columns=80)  # a pipe, or a small terminal
+    assert laptop["id"] in narrow, narrow
 
     invoke(live_server, alice.token, "token", "revoke", laptop["id"])
     assert whoami_status(live_server, secret) == 401

@@ -202,6 +202,7 @@ def test_stale_parent_commit_is_409_and_the_branch_is_unchanged(
         "back\\slash.txt",
         "double//slash.txt",
         "trailing/",
+        "/".join(["d"] * 2000) + "/deeper-than-python-recursion.txt",
     ],
 )
 def test_invalid_paths_are_refused_without_a_commit(
@@ -369,3 +370,19 @@ def test_oversize_body_is_413_and_no_commit(
         assert error_code(r, 413) == "payload_too_large"
         assert heads(client, alice, repo) == before
     assert "big.bin" not in tree_paths(client, alice, repo)
+
+
+def test_a_display_name_with_angle_brackets_or_line_breaks_still_commits(
+    client: TestClient, alice: Account, repo: str
+) -> None:
+    """Git signatures cannot hold '<', '>' or newlines; a profile may. The commit still lands, cleanly."""
+    r = client.patch(
+        f"{API}/user",
+        json={"display_name": 'Alice "><svg onload=alert(1)>\nSmith', "email": "a<b>@example.org"},
+        headers=alice.headers,
+    )
+    assert r.status_code == 200, r.text
+    r = commit(client, alice, repo, {"notes.txt": "x"}, message="signed")
+    assert r.status_code == 201, r.text
+    c = client.get(f"{API}/repos/{repo}/commits/{r.json()['commit']}").json()
+    assert c["author"] == {"name": 'Alice " svg onload=alert(1) Smith', "email": "ab@example.org"}

@@ -428,6 +428,17 @@ def test_list_pagination(client: TestClient, alice: Account) -> None:
     assert error_code(client.get(f"{API}/repos", params={"per_page": 0}), 422) == "invalid_input"
     assert error_code(client.get(f"{API}/repos", params={"per_page": 101}), 422) == "invalid_input"
     assert error_code(client.get(f"{API}/repos", params={"page": 0}), 422) == "invalid_input"
+    huge = client.get(f"{API}/repos", params={"page": 10**20})  # an OFFSET past 64 bits
+    assert error_code(huge, 422) == "invalid_page"
+
+
+def test_search_words_are_literal_not_sql_wildcards(client: TestClient, alice: Account) -> None:
+    create_repo(client, alice, "plain", description="nothing special")
+    create_repo(client, alice, "rate_100pct", description="100% of the time")
+    assert names(client.get(f"{API}/repos", params={"q": "%"})) == ["alice/rate_100pct"]
+    assert names(client.get(f"{API}/repos", params={"q": "_"})) == ["alice/rate_100pct"]
+    assert names(client.get(f"{API}/repos", params={"q": "' OR 1=1 --"})) == []
+    assert names(client.get(f"{API}/repos", params={"q": "\\"})) == []
 
 
 def test_list_shows_private_repos_only_to_readers(

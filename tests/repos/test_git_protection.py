@@ -147,6 +147,10 @@ def test_only_branches_and_tags_may_be_pushed(live_server: LiveServer, lab: Lab,
     assert out.returncode != 0
     listed = git("ls-remote", "origin", cwd=work).stdout
     assert "refs/pull" not in listed and "refs/notes" not in listed and "refs/heads/ok" not in listed
+    # Names the API refuses (git would read them as options or as HEAD) are refused by git too.
+    for ref in ("refs/heads/-x", "refs/heads/HEAD", "refs/heads/@", "refs/tags/-t"):
+        out = git("push", "origin", f"HEAD:{ref}", cwd=work, check=False)
+        assert out.returncode != 0 and "choose another" in out.stderr, out.stderr
     git("push", "-q", "origin", "HEAD:refs/heads/ok", "HEAD:refs/tags/t1", cwd=work)
     seen = refs(live_server, None, "lab/proj")
     assert seen["branches"]["ok"] == head and seen["tags"] == {"t1": head}

@@ -211,6 +211,17 @@ def test_four_parallel_clones(live_server: LiveServer, alice: Account, tmp_path:
         assert all((tmp_path / f"c{i}" / name).read_bytes() == data for name, data in files.items())
 
 
+def test_a_body_that_is_not_git_protocol_is_the_clients_error(
+    live_server: LiveServer, alice: Account, robust: tuple[dict[str, object], Path]
+) -> None:
+    before = refs(live_server, alice, "alice/robust")
+    with httpx.Client(base_url=live_server.url, timeout=30, auth=(alice.name, alice.token)) as c:
+        for service, kind in (("git-upload-pack", UPLOAD), ("git-receive-pack", RECEIVE)):
+            r = c.post(f"/alice/robust.git/{service}", content=b"garbage", headers={"Content-Type": kind})
+            assert r.status_code == 400 and r.json()["error"] == "bad_request", (service, r.text)
+    assert refs(live_server, alice, "alice/robust") == before
+
+
 def test_missing_repository_on_disk_is_a_500_with_the_request_id(
     app: FastAPI,
     live_server: LiveServer,

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pygit2
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from pygit2.enums import FileMode
 
 from tests.conftest import Account
 from tests.web.conftest import RepoRef
@@ -285,3 +288,29 @@ def test_branches_page_lists_branches_and_tags(
     assert "<strong>v1.0</strong>" in html
     assert 'href="/alice/refs/tree/v1.0"' in html
     assert web.get(f"{ref.url}/tree/v1.0").status_code == 200
+
+
+def test_a_submodule_entry_never_breaks_a_page(
+    web: TestClient, app: FastAPI, alice: Account, make_repo: Callable[..., RepoRef]
+) -> None:
+    """A pushed repository may hold a submodule (a gitlink to a commit that is not in this repository)."""
+    ref = make_repo(alice, "with-sub", files={"README.md": "# Sub\n"})
+    g = app.state.store.open(ref.id)
+    head = g.revparse_single("main")
+    tb = g.TreeBuilder(head.tree)
+    tb.insert("vendor", pygit2.Oid(hex="12" * 20), FileMode.COMMIT)
+    sig = pygit2.Signature("A", "a@example.org")
+    sha = g.create_commit("refs/heads/main", sig, sig, "Add a submodule\n", tb.write(), [head.id])
+
+    home = web.get(ref.url)
+    assert home.status_code == 200 and "vendor" in home.text
+    commit_page = web.get(f"{ref.url}/commit/{sha}")
+    assert commit_page.status_code == 200 and "vendor" in commit_page.text
+    tree_page = web.get(f"{ref.url}/tree/main/vendor", follow_redirects=True)
+    blob_page = web.get(f"{ref.url}/blob/main/vendor")
+    for page in (tree_page, blob_page):
+        assert page.status_code == 422 and "submodule" in page.text
+    raw = web.get(f"/api/v1/repos/{ref.owner}/{ref.name}/raw/main/vendor")
+    assert raw.status_code == 422 and raw.json()["error"] == "not_a_file"
+    listing = web.get(f"/api/v1/repos/{ref.owner}/{ref.name}/tree/main/vendor")
+    assert listing.status_code == 422 and "submodule" in listing.json()["message"]

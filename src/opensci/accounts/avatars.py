@@ -7,7 +7,10 @@ from html import escape
 
 
 def initials(display_name: str, name: str) -> str:
-    words = [w for w in (display_name or name).replace("-", " ").replace("_", " ").split() if w]
+    """Two letters or digits: of the first two words of the display name (of the name without one).
+    Punctuation is no initial: "Ada (Lab)" → "AL", "<Ada>" → "AD"."""
+    cleaned = "".join(c if c.isalnum() else " " for c in display_name or name)
+    words = cleaned.split() or name.replace("-", " ").replace("_", " ").replace(".", " ").split()
     if len(words) >= 2:
         return (words[0][0] + words[1][0]).upper()
     return (words[0][:2] if words else name[:2]).upper()

@@ -62,7 +62,9 @@ def list_(json_output: JsonOpt = False) -> None:
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False)
-    for column in ("ID", "NAME", "SCOPE", "STARTS WITH", "CREATED", "LAST USED"):
+    # The id is what `token revoke` needs: whole even on a narrow terminal or in a pipe (80 columns).
+    table.add_column("ID", no_wrap=True, min_width=max(len(t.id) for t in tokens))
+    for column in ("NAME", "SCOPE", "STARTS WITH", "CREATED", "LAST USED"):
         table.add_column(column, no_wrap=True)
     for t in tokens:
         table.add_row(

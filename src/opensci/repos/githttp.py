@@ -451,8 +451,20 @@ async def _rpc(
         raise
     if not first and proc.returncode != 0:
         await finish(True)
+        if _said_protocol_error(errors):  # the client sent something git cannot parse: its error, not ours
+            return JSONResponse(
+                {"error": "bad_request", "message": f"the request is not valid git {svc} protocol"},
+                status_code=400,
+            )
         return _git_failed(request, svc)
     return GitResponse(proc, first, f"application/x-{svc_name}-result", finish)
+
+
+def _said_protocol_error(stderr: asyncio.Task[bytes]) -> bool:
+    """Whether git stopped because the request did not follow its protocol (`fatal: protocol error: …`)."""
+    if not stderr.done() or stderr.cancelled() or stderr.exception() is not None:
+        return False
+    return b"protocol error" in stderr.result()
 
 
 def _after_push(db: object, store: GitStore, repo_id: str, refs_before: dict[str, str]) -> None:

@@ -272,7 +272,8 @@ def list_tree(
     if obj is None:
         raise EntryNotFound(f"{path!r} not found at {str(commit.id)[:12]}")
     if obj.type != ObjectType.TREE:
-        raise InvalidInput(f"{path!r} is a file, not a folder", code="not_a_folder")
+        what = "a submodule" if obj.filemode == FileMode.COMMIT else "a file"
+        raise InvalidInput(f"{path!r} is {what}, not a folder", code="not_a_folder")
     return list(_walk_tree(repo, obj, path, recursive))
 
 
@@ -299,6 +300,8 @@ def entry(repo: pygit2.Repository, commit: pygit2.Commit, path: str) -> TreeEntr
     name = path.rsplit("/", 1)[-1]
     if obj.type == ObjectType.TREE:
         return TreeEntry(path, name, "dir", str(obj.id), None, FileMode.TREE)
+    if obj.filemode == FileMode.COMMIT:  # a submodule: its commit lives in another repository
+        return TreeEntry(path, name, "submodule", str(obj.id), None, FileMode.COMMIT)
     return TreeEntry(path, name, "file", str(obj.id), blob_size(repo, obj.id), FileMode.BLOB)
 
 
@@ -306,6 +309,10 @@ def read_blob(repo: pygit2.Repository, commit: pygit2.Commit, path: str) -> pygi
     obj = _entry_at(commit.tree, path) if path else None
     if obj is None:
         raise EntryNotFound(f"{path!r} not found at {str(commit.id)[:12]}")
+    if obj.filemode == FileMode.COMMIT:
+        raise InvalidInput(
+            f"{path!r} is a submodule (a commit of another repository), not a file", code="not_a_file"
+        )
     if obj.type != ObjectType.BLOB:
         raise InvalidInput(f"{path!r} is a folder, not a file", code="not_a_file")
     return obj
@@ -394,8 +401,15 @@ def build_commit(
     return str(repo.create_commit(None, author, committer, message, tree, parents))
 
 
+_NOT_IN_SIGNATURE = re.compile(r"[<>\x00-\x1f\x7f]")
+
+
 def signature(name: str, email: str) -> pygit2.Signature:
+    """An author or committer now. Git's format has no room for '<', '>' or line breaks in either part
+    (a display name may hold them), so they are dropped; an empty result becomes a placeholder."""
     now = datetime.now(UTC)
+    name = " ".join(_NOT_IN_SIGNATURE.sub(" ", name).split()) or "unknown"
+    email = _NOT_IN_SIGNATURE.sub("", email).strip() or "unknown@users.noreply.opensci"
     return pygit2.Signature(name, email, int(now.timestamp()), 0)
 
 

@@ -28,6 +28,7 @@ _SPDX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+-]{0,63}$")
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:._/+-]{0,63}$")
 MAX_TAGS = 50
 COMMIT_RETRIES = 20
+MAX_PAGE = 1_000_000  # keeps OFFSET inside a 64-bit integer
 
 
 def _check_license(value: str) -> str:
@@ -224,8 +225,10 @@ def list_repos(
     sort: str = "updated",
 ) -> tuple[list[Repository], int]:
     """Repositories the actor may read, filtered and paginated; returns (page, total)."""
-    if page < 1 or not 1 <= per_page <= 100:
-        raise InvalidInput("page must be ≥ 1 and per_page between 1 and 100", code="invalid_page")
+    if not 1 <= page <= MAX_PAGE or not 1 <= per_page <= 100:
+        raise InvalidInput(
+            f"page must be between 1 and {MAX_PAGE} and per_page between 1 and 100", code="invalid_page"
+        )
     stmt = select(Repository).join(Owner, Owner.id == Repository.owner_id).where(readable_repos_clause(actor))
     if owner:
         stmt = stmt.where(Owner.name_key == owner.lower())
@@ -237,12 +240,14 @@ def list_repos(
                 f"kind must be one of code, dataset, model; not {kind!r}", code="invalid_kind"
             ) from exc
     if q:
-        like = f"%{q.strip().lower()}%"
+        # The words are matched literally: '%' and '_' are no wildcards for the searcher.
+        escaped = q.strip().lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        like = f"%{escaped}%"
         stmt = stmt.where(
             or_(
-                func.lower(Repository.name).like(like),
-                func.lower(Repository.description).like(like),
-                Owner.name_key.like(like),
+                func.lower(Repository.name).like(like, escape="\\"),
+                func.lower(Repository.description).like(like, escape="\\"),
+                Owner.name_key.like(like, escape="\\"),
             )
         )
     order = {

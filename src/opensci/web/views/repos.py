@@ -371,8 +371,10 @@ def _file_diffs(g: pygit2.Repository, commit: pygit2.Commit) -> tuple[list[FileD
     budget = MAX_DIFF_BYTES
     deltas = list(diff.deltas)
     for i, d in enumerate(deltas[:MAX_DIFF_FILES]):
-        sizes = [
-            gitstore.blob_size(g, f.id) for f in (d.old_file, d.new_file) if f.id != pygit2.Oid(hex="0" * 40)
+        sizes = [  # of blobs: a submodule's commit lives in another repository
+            gitstore.blob_size(g, f.id)
+            for f in (d.old_file, d.new_file)
+            if f.id != pygit2.Oid(hex="0" * 40) and f.mode != pygit2.enums.FileMode.COMMIT
         ]
         item = FileDiff(d.status_char(), d.new_file.path, d.old_file.path, None, None, None, "")
         if any(s > MAX_HIGHLIGHT_BYTES for s in sizes):
