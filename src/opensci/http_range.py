@@ -33,8 +33,10 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
             )
         return max(0, size - n), size - 1
     start = int(first)
+    if last and int(last) < start:
+        return None  # an invalid range-spec, which RFC 9110 (14.2) says to ignore: the whole file
     end = min(int(last), size - 1) if last else size - 1
-    if start >= size or (last and int(last) < start):
+    if start >= size:
         raise RangeNotSatisfiable(
             f"range {header!r} is outside the file's {size} bytes", headers=unsatisfiable
         )

@@ -168,3 +168,19 @@ def test_a_30_mb_upload_streams_from_disk(
         assert measured["rss_growth_kib"] < 8 * 1024, measured
     assert raw.files("alice/big")["big.bin"] == 30 * 1024 * 1024
     assert hashlib.sha256(raw.file("alice/big", commit, "big.bin")).hexdigest() == digest.hexdigest()
+
+
+def test_a_folder_upload_never_follows_a_link_out_of_the_folder(
+    sdk: Client, raw: Raw, tmp_path: Path
+) -> None:
+    secret = tmp_path / "elsewhere" / "id_rsa"
+    secret.parent.mkdir()
+    secret.write_bytes(b"PRIVATE KEY\n")
+    src = write_tree(tmp_path / "src", {"data/table.csv": b"a,b\n1,2\n"})
+    (src / "key").symlink_to(secret)
+    (src / "latest.csv").symlink_to(src / "data" / "table.csv")  # inside the folder: uploaded
+
+    sdk.create_repo("links")
+    sdk.upload("alice/links", src)
+
+    assert raw.files("alice/links") == {"data/table.csv": 8, "latest.csv": 8}

@@ -219,12 +219,12 @@ def test_raw_ranges(client: TestClient, alice: Account, history: list[str]) -> N
     head = client.head(path, headers={"Range": "bytes=2-4"})
     assert (head.status_code, head.headers["content-range"], head.content) == (206, "bytes 2-4/10", b"")
     # Unusable headers are ignored: the whole file.
-    for ignored in ("bytes=0-1,4-5", "items=0-1", "bytes=x-y"):
+    for ignored in ("bytes=0-1,4-5", "items=0-1", "bytes=x-y", "bytes=5-2"):
         r = client.get(path, headers={"Range": ignored})
         assert (r.status_code, r.content) == (200, b"0123456789"), ignored
 
 
-@pytest.mark.parametrize("header", ["bytes=10-", "bytes=10-20", "bytes=5-2", "bytes=-0"])
+@pytest.mark.parametrize("header", ["bytes=10-", "bytes=10-20", "bytes=-0"])
 def test_raw_range_outside_the_file_is_416(
     client: TestClient, alice: Account, history: list[str], header: str
 ) -> None:

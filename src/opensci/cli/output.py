@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -88,6 +90,10 @@ def handle_errors(command: Callable[P, R]) -> Callable[P, R]:
             return command(*args, **kwargs)
         except OpenSciError as exc:
             raise fail(exc.message, exc.hint, code=exc.code, as_json=as_json) from None
+        except BrokenPipeError:
+            # The reader went away (`opensci ls … | head`): stop quietly, as other Unix tools do.
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (flushed at exit, which must not fail again)
+            raise typer.Exit(141) from None
         except OSError as exc:
             raise fail(str(exc), code="os_error", as_json=as_json) from None
         except KeyboardInterrupt:

@@ -47,8 +47,13 @@ class LocalFile:
 
 
 def collect(local_path: Path, path_in_repo: str | None) -> list[LocalFile]:
-    """The files to upload from a file or a folder (walked recursively in name order, without `.git`)."""
+    """The files to upload from a file or a folder (walked recursively in name order, without `.git`).
+
+    In a folder, a symbolic link is followed only when it points inside the folder: a link to a file
+    elsewhere (a key, a password file) is never published by accident.
+    """
     if local_path.is_dir():
+        root_dir = local_path.resolve()
         prefix = (path_in_repo or "").strip("/")
         out: list[LocalFile] = []
         for root, dirs, names in os.walk(local_path):
@@ -57,6 +62,8 @@ def collect(local_path: Path, path_in_repo: str | None) -> list[LocalFile]:
                 if name == ".git":
                     continue
                 p = Path(root) / name
+                if p.is_symlink() and not p.resolve().is_relative_to(root_dir):
+                    continue
                 try:
                     st = p.stat()
                 except FileNotFoundError:  # a dangling symlink
