@@ -198,9 +198,13 @@ def test_tokens_are_shown_once_work_and_can_be_revoked(
     r = client.post(
         "/settings/tokens", data={"name": "my-laptop", "scope": "write", "csrf_token": csrf_of(page.text)}
     )
-    assert r.status_code == 200 and r.headers["cache-control"] == "no-store"
-    secret = r.text.split('id="new-token">')[1].split("<")[0]
-    assert secret.startswith("osci_") and "will not be shown again" in r.text
+    assert r.status_code == 303 and r.headers["location"] == "/settings/tokens"
+    shown = client.get("/settings/tokens")
+    assert shown.headers["cache-control"] == "no-store"
+    secret = shown.text.split('id="new-token">')[1].split("<")[0]
+    assert secret.startswith("osci_") and "will not be shown again" in shown.text
+    reloaded = client.get("/settings/tokens").text  # a reload shows the list, and no new token is made
+    assert secret not in reloaded and reloaded.count("<td>my-laptop</td>") == 1
     assert web.get("/api/v1/user", headers={"Authorization": f"Bearer {secret}"}).json()["name"] == "alice"
     listing = client.get("/settings/tokens").text
     assert "<td>my-laptop</td>" in listing and secret not in listing and secret[:12] in listing

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from opensci.accounts import service as accounts
 from opensci.accounts.models import Scope
 from opensci.accounts.permissions import Actor
+from opensci.accounts.security import sha256_hex
 from opensci.deps import ActorDep, SessionDep, SettingsDep
 from opensci.errors import InvalidInput, NotFound, OpenSciError, Unauthorized
 from opensci.settings import Settings
@@ -238,11 +239,24 @@ def _tokens_page(
     )
 
 
+# A new token travels from the form's POST to the page that shows it once in a short-lived cookie, so
+# reloading that page shows the list instead of sending the form again (post/redirect/get).
+NEW_TOKEN_COOKIE = "opensci_new_token"
+TOKENS_PATH = "/settings/tokens"
+
+
 @router.get("/settings/tokens")
 def tokens_page(request: Request, session: SessionDep, actor: ActorDep) -> Response:
     if actor.user is None:
         return login_redirect(request)
-    return _tokens_page(request, session, actor)
+    secret = request.cookies.get(NEW_TOKEN_COOKIE, "")
+    row = next((t for t in accounts.list_tokens(actor, session) if t.token_hash == sha256_hex(secret)), None)
+    response = _tokens_page(
+        request, session, actor, new_token={"row": row, "secret": secret} if row else None
+    )
+    if secret:
+        response.delete_cookie(NEW_TOKEN_COOKIE, path=TOKENS_PATH)
+    return response
 
 
 @router.post("/settings/tokens")
@@ -256,13 +270,23 @@ def create_token(
 ) -> Response:
     check_csrf(request, csrf_token)
     try:
-        token, secret = accounts.create_token(actor, session, name, scope)
+        _, secret = accounts.create_token(actor, session, name, scope)
         session.commit()
     except OpenSciError as exc:
         session.rollback()
         return _tokens_page(request, session, actor, status=400, error=exc.message)
-    # Shown on this response only: the database keeps a hash.
-    return _tokens_page(request, session, actor, new_token={"row": token, "secret": secret})
+    # Shown once, by the page this redirects to: the database keeps only a hash.
+    response = see_other(TOKENS_PATH)
+    response.set_cookie(
+        NEW_TOKEN_COOKIE,
+        secret,
+        max_age=300,
+        httponly=True,
+        samesite="strict",
+        secure=request.app.state.settings.cookies_secure,
+        path=TOKENS_PATH,
+    )
+    return response
 
 
 @router.post("/settings/tokens/{token_id}/revoke")
