@@ -2,5 +2,6 @@
 
 from opensci.accounts import models as accounts_models
 from opensci.repos import models as repos_models
+from opensci.storage import models as storage_models
 
-__all__ = ["accounts_models", "repos_models"]
+__all__ = ["accounts_models", "repos_models", "storage_models"]

@@ -56,6 +56,21 @@ class Settings(BaseSettings):
     session_days: int = Field(30, description="How long a web login lasts, in days.")
     log_level: str = Field("info", description="Log level: debug, info, warning or error.")
     git_binary: str = Field("git", description="The git executable used for smart HTTP.")
+    storage_pack_max_bytes: int = Field(
+        1024**3,
+        ge=1024**2,
+        description="Size at which the blob store starts a new pack file, in bytes.",
+    )
+    storage_gc_grace_seconds: int = Field(
+        86400,
+        ge=0,
+        description="Blob store garbage collection spares objects and chunks used more recently than this.",
+    )
+    storage_verify_reads: bool = Field(
+        True,
+        description="Check every chunk's sha256 as the blob store reads it (costs CPU; a scrub checks "
+        "anyway).",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from opensci.cli import commands, operator, tokens
+from opensci.cli import commands, operator, storage, tokens
 
 app = typer.Typer(
     name="opensci",
@@ -16,6 +16,7 @@ app = typer.Typer(
 operator.register(app)
 commands.register(app)
 tokens.register(app)
+storage.register(app)
 
 if __name__ == "__main__":
     app()

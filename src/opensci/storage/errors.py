@@ -1,0 +1,34 @@
+"""Errors of the blob store, in the `opensci.errors` hierarchy (so every door reports them alike)."""
+
+from __future__ import annotations
+
+from opensci.errors import InvalidInput, NotFound, OpenSciError
+
+
+class DigestMismatch(InvalidInput):
+    """Uploaded bytes do not match the sha256 or size they were announced with; nothing was stored."""
+
+    code = "digest_mismatch"
+
+
+class MissingChunks(InvalidInput):
+    """A manifest names chunks the store does not hold; send them (`missing` lists their hashes)."""
+
+    code = "missing_chunks"
+
+    def __init__(self, message: str, missing: list[str]) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+
+class ObjectNotFound(NotFound):
+    code = "object_not_found"
+
+
+class ObjectDamaged(OpenSciError):
+    """Stored bytes fail their checksum: the object is quarantined instead of served wrong.
+
+    A fresh upload of the same content repairs it; `opensci storage verify` lists what is damaged.
+    """
+
+    status, code = 500, "object_damaged"

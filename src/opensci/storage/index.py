@@ -1,0 +1,181 @@
+"""Database side of the blob store: the chunk index, manifests, and the statements both backends share.
+
+Every statement here works on SQLite and PostgreSQL (`INSERT … ON CONFLICT`, `UPDATE … RETURNING`).
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from opensci.errors import InvalidInput
+from opensci.storage.models import ObjectState, StorageChunk, StorageObject, StoragePack
+
+ENTRY = struct.Struct(">32sI")  # one manifest entry: chunk sha256, chunk length
+BATCH = 500  # hashes per IN (...) list
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a chunk's record is: pack, offset of the record, length of the chunk's bytes."""
+
+    pack_id: str
+    offset: int
+    length: int
+    damaged: bool = False
+
+
+def check_oid(value: str) -> str:
+    """A sha256 in lowercase hex (the form Git LFS uses), or InvalidInput."""
+    oid = value.strip().lower() if isinstance(value, str) else ""
+    if not _HEX64.match(oid):
+        raise InvalidInput(f"{value!r} is not a sha256 (64 hexadecimal digits)", code="invalid_oid")
+    return oid
+
+
+def chunk_digest(value: str | bytes) -> bytes:
+    """A chunk hash given as 32 raw bytes or 64 hex digits → 32 raw bytes."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        raw = bytes(value)
+        if len(raw) != 32:
+            raise InvalidInput(f"a chunk hash is 32 bytes, not {len(raw)}", code="invalid_chunk_hash")
+        return raw
+    return bytes.fromhex(check_oid(value))
+
+
+def encode_manifest(entries: Iterable[tuple[bytes, int]]) -> bytes:
+    return b"".join(ENTRY.pack(d, n) for d, n in entries)
+
+
+def decode_manifest(manifest: bytes) -> list[tuple[bytes, int]]:
+    return list(ENTRY.iter_unpack(manifest))
+
+
+def manifest_digests(manifest: bytes) -> Iterator[bytes]:
+    """The chunk hashes of a manifest, without decoding lengths."""
+    step = ENTRY.size
+    for i in range(0, len(manifest), step):
+        yield manifest[i : i + 32]
+
+
+def batched(items: Sequence[Any], n: int = BATCH) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+def _insert(session: Session, table: Any) -> Any:
+    """The dialect's INSERT, which has `on_conflict_do_nothing/do_update` on both backends."""
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        return postgresql.insert(table)
+    if name == "sqlite":
+        return sqlite.insert(table)
+    raise RuntimeError(f"the blob store supports SQLite and PostgreSQL, not {name}")
+
+
+def touch_chunks(session: Session, digests: Sequence[bytes], now: datetime) -> set[bytes]:
+    """Mark these chunks as relied upon now; returns those that exist and are not damaged.
+
+    Touching and checking in one statement closes the race with garbage collection: a chunk the
+    collector deletes first is reported missing here (and then written again); a chunk touched first
+    is younger than the grace period and survives the collection.
+    """
+    found: set[bytes] = set()
+    for part in batched(sorted(set(digests))):
+        rows = session.execute(
+            update(StorageChunk)
+            .where(StorageChunk.sha256.in_(part), StorageChunk.damaged.is_(False))
+            .values(touched_at=now)
+            .returning(StorageChunk.sha256)
+        )
+        found.update(bytes(r[0]) for r in rows)
+    return found
+
+
+def insert_chunks(session: Session, rows: Sequence[tuple[bytes, str, int, int]], now: datetime) -> None:
+    """Index newly written chunks (sha256, pack, offset, length). An existing healthy entry wins (the
+    new copy becomes dead space); a damaged entry is repaired to point at the new copy."""
+    if not rows:
+        return
+    table = StorageChunk.__table__
+    stmt = _insert(session, table)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[table.c.sha256],
+        set_={
+            "pack_id": stmt.excluded.pack_id,
+            "offset": stmt.excluded.offset,
+            "length": stmt.excluded.length,
+            "damaged": False,
+            "touched_at": now,
+        },
+        where=table.c.damaged.is_(True),
+    )
+    session.execute(
+        stmt,
+        [
+            {
+                "sha256": d,
+                "pack_id": p,
+                "offset": o,
+                "length": n,
+                "damaged": False,
+                "created_at": now,
+                "touched_at": now,
+            }
+            for d, p, o, n in sorted(rows)  # one lock order for concurrent writers
+        ],
+    )
+
+
+def locate(session: Session, digests: Sequence[bytes]) -> dict[bytes, Location]:
+    """Where these chunks are (those the index has). Core statements: this runs for every read."""
+    t = StorageChunk.__table__.c
+    out: dict[bytes, Location] = {}
+    conn = session.connection()
+    for part in batched(list(set(digests)), 256):
+        rows = conn.execute(
+            select(t.sha256, t.pack_id, t.offset, t.length, t.damaged).where(t.sha256.in_(part))
+        )
+        for d, p, o, n, bad in rows:
+            out[bytes(d)] = Location(p, o, n, bad)
+    return out
+
+
+def upsert_object(session: Session, oid: str, size: int, manifest: bytes, now: datetime) -> None:
+    """Make an object visible (or touch it, or repair a damaged one). The caller has made sure that every
+    chunk of `manifest` is durable, indexed and healthy, in this same transaction."""
+    stmt = _insert(session, StorageObject).values(
+        oid=oid,
+        size=size,
+        chunk_count=len(manifest) // ENTRY.size,
+        manifest=manifest,
+        state=ObjectState.ok,
+        created_at=now,
+        touched_at=now,
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[StorageObject.oid],
+        set_={
+            "touched_at": now,
+            "state": ObjectState.ok,
+            "manifest": stmt.excluded.manifest,
+            "chunk_count": stmt.excluded.chunk_count,
+        },
+    )
+    session.execute(stmt)
+
+
+def record_pack_size(session: Session, pack_id: str, size: int, *, sealed: bool = False) -> None:
+    values: dict[str, Any] = {"size": size}
+    if sealed:
+        values["sealed"] = True
+    session.execute(update(StoragePack).where(StoragePack.id == pack_id).values(**values))

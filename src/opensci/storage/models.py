@@ -1,0 +1,68 @@
+"""Tables of the blob store: the chunk index, object manifests, and the pack files.
+
+The pack files are the truth for bytes; `storage_chunks` is an index over them that
+`opensci storage reindex` can rebuild by scanning the packs. An object exists for readers only once
+its row commits, which happens after every chunk its manifest lists is durable and indexed.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Integer, LargeBinary, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from opensci.db.base import Base, UTCDateTime, utcnow
+
+
+class ObjectState(StrEnum):
+    ok = "ok"
+    damaged = "damaged"  # quarantined: a chunk failed its checksum; refused on read until repaired
+
+
+class StoragePack(Base):
+    """One append-only pack file, `HOME/blobs/packs/<id>.pack`, written by exactly one writer."""
+
+    __tablename__ = "storage_packs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # Bytes of the file that are durable (fsynced) and may be referenced by chunk rows.
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Bytes of records still referenced by the index, as of the last garbage collection.
+    live_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    # A sealed pack is never appended to again; only sealed packs are compacted.
+    sealed: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class StorageChunk(Base):
+    """Where the one stored copy of a chunk lives."""
+
+    __tablename__ = "storage_chunks"
+
+    sha256: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    pack_id: Mapped[str] = mapped_column(ForeignKey("storage_packs.id", ondelete="RESTRICT"), index=True)
+    offset: Mapped[int] = mapped_column(BigInteger)  # of the record (header first) in the pack
+    length: Mapped[int] = mapped_column(Integer)  # of the chunk's bytes
+    damaged: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Last time an upload or a manifest relied on this chunk: garbage collection spares chunks
+    # touched within the grace period, so the chunks of an upload in flight are never collected.
+    touched_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class StorageObject(Base):
+    """A stored file: its sha256 (the Git LFS oid), its size, and the manifest of its chunks."""
+
+    __tablename__ = "storage_objects"
+
+    oid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    chunk_count: Mapped[int] = mapped_column(Integer)
+    # Concatenated entries of 36 bytes: the chunk's sha256, then its length (4 bytes, big-endian).
+    manifest: Mapped[bytes] = mapped_column(LargeBinary)
+    state: Mapped[ObjectState] = mapped_column(String(8), default=ObjectState.ok)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Last upload or commit of this content: young objects survive garbage collection (grace period).
+    touched_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
