@@ -4,7 +4,6 @@ parts of it that no other test looks at)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -20,7 +19,7 @@ from fastapi import FastAPI
 from opensci.app import create_app
 from opensci.db import Database
 from opensci.settings import Settings
-from tests.conftest import BACKEND, PG_ADMIN_URL, Account
+from tests.conftest import BACKEND, PG_ADMIN_URL, Account, isolate_env
 
 API = "/api/v1"
 
@@ -29,18 +28,9 @@ API = "/api/v1"
 def standalone_app(database_template: str, tmp: Path) -> Iterator[FastAPI]:
     """An app with its own home and its own database (a copy of the SQLite template, or a freshly
     migrated PostgreSQL database), so that function-scoped tests, which empty the shared test
-    database after each test, never touch it. Environment isolated as in conftest's `_isolate_env`."""
+    database after each test, never touch it. Environment isolated as for every test."""
     with pytest.MonkeyPatch.context() as mp:
-        for key in list(os.environ):
-            if key.startswith(("OPENSCI_", "GIT_")) and not key.startswith("OPENSCI_TEST_"):
-                mp.delenv(key)
-        home = tmp / "user-home"
-        home.mkdir()
-        mp.setenv("HOME", str(home))
-        mp.setenv("XDG_CONFIG_HOME", str(home / ".config"))
-        mp.setenv("GIT_CONFIG_NOSYSTEM", "1")
-        mp.setenv("GIT_TERMINAL_PROMPT", "0")
-        mp.chdir(tmp)
+        isolate_env(mp, tmp)
         with _database(database_template, tmp) as url:
             settings = Settings(
                 home=tmp / "opensci-home",

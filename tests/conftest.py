@@ -65,23 +65,27 @@ def _fast_password_hashing() -> Iterator[None]:
     security._hasher = production
 
 
-@pytest.fixture(autouse=True)
-def _isolate_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test sees the developer's configuration: own HOME (git config, SDK config), no OPENSCI_* vars."""
+def isolate_env(mp: pytest.MonkeyPatch, tmp: Path) -> None:
+    """No test sees the developer's configuration: own HOME (git config, SDK config), no OPENSCI_* or
+    GIT_* variables, a fixed git identity, and `tmp` as the working directory."""
     for key in list(os.environ):
         if key.startswith(("OPENSCI_", "GIT_")) and not key.startswith("OPENSCI_TEST_"):
-            monkeypatch.delenv(key, raising=False)
-    home = tmp_path / "user-home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    monkeypatch.setenv("GIT_TERMINAL_PROMPT", "0")
-    monkeypatch.setenv("GIT_AUTHOR_NAME", "Test Author")
-    monkeypatch.setenv("GIT_AUTHOR_EMAIL", "author@example.org")
-    monkeypatch.setenv("GIT_COMMITTER_NAME", "Test Author")
-    monkeypatch.setenv("GIT_COMMITTER_EMAIL", "author@example.org")
-    monkeypatch.chdir(tmp_path)
+            mp.delenv(key, raising=False)
+    home = tmp / "user-home"
+    home.mkdir(exist_ok=True)
+    mp.setenv("HOME", str(home))
+    mp.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    mp.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    mp.setenv("GIT_TERMINAL_PROMPT", "0")
+    for role in ("AUTHOR", "COMMITTER"):
+        mp.setenv(f"GIT_{role}_NAME", "Test Author")
+        mp.setenv(f"GIT_{role}_EMAIL", "author@example.org")
+    mp.chdir(tmp)
+
+
+@pytest.fixture(autouse=True)
+def _isolate_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    isolate_env(monkeypatch, tmp_path)
 
 
 # --- databases -------------------------------------------------------------------------------------------
