@@ -50,6 +50,8 @@ test-postgresql: $(VENV)/.test
 bench: $(VENV)/.test
 	$(BIN)/python benchmarks/api_latency.py
 	$(BIN)/python benchmarks/git_clone.py
+	$(BIN)/python benchmarks/storage_throughput.py
+	$(BIN)/python benchmarks/large_files.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -623,7 +624,325 @@ PAGE_ROUTES: list[Row] = _page_rows()
 # Every page has rows now; an entry here would exempt a page route from the coverage check.
 EXPECTED_UNCOVERED_PAGE_PREFIXES: set[str] = set()
 
-ROWS = [*API_ROWS, *GIT_ROWS, *OTHER_ROWS, *PAGE_ROUTES]
+# Rows of the storage domain (chunk uploads, LFS, quotas).
+STORAGE_ROWS: list[Row] = [
+    # The chunk upload protocol: one 12-byte chunk, b"matrix chunk", which is also a whole object.
+    Row(
+        "POST",
+        "/api/v1/repos/{owner}/{name}/uploads/chunks/missing",
+        repo_status(WRITE, 200),
+        body(
+            REPO + "/uploads/chunks/missing",
+            chunks=["72b31feaf3aa24d10177fc57fa22d76c756af91ee3166b444d6b77bd3fd4679f"],
+        ),
+        ALL_REPOS,
+    ),
+    Row(
+        "POST",
+        "/api/v1/repos/{owner}/{name}/uploads/chunks",
+        repo_status(WRITE, 200),
+        lambda w, actor, t: Req(
+            get(REPO + "/uploads/chunks")(w, actor, t).url,
+            content=bytes.fromhex("72b31feaf3aa24d10177fc57fa22d76c756af91ee3166b444d6b77bd3fd4679f0000000c")
+            + b"matrix chunk",
+            headers={"Content-Type": "application/octet-stream"},
+        ),
+        ALL_REPOS,
+    ),
+    Row(
+        "POST",
+        "/api/v1/repos/{owner}/{name}/uploads/objects",
+        repo_status(WRITE, 201),
+        lambda w, actor, t: (
+            w.app.state.blobs.put_chunk(
+                "72b31feaf3aa24d10177fc57fa22d76c756af91ee3166b444d6b77bd3fd4679f", b"matrix chunk"
+            ),
+            Req(
+                get(REPO + "/uploads/objects")(w, actor, t).url,
+                json={
+                    "oid": "72b31feaf3aa24d10177fc57fa22d76c756af91ee3166b444d6b77bd3fd4679f",
+                    "size": 12,
+                    "chunks": ["72b31feaf3aa24d10177fc57fa22d76c756af91ee3166b444d6b77bd3fd4679f"],
+                },
+            ),
+        )[1],
+        ALL_REPOS,
+    ),
+]
+
+# Rows of the Git LFS server and of quotas.
+
+
+def lfs_batch(operation: str, prefix: str = "") -> Build:
+    def build(w: World, actor: str, t: Target | None) -> Req:
+        assert t is not None
+        return Req(
+            f"{prefix}/{t.full_name}.git/info/lfs/objects/batch",
+            content=json.dumps({"operation": operation, "objects": [{"oid": "a" * 64, "size": 1}]}).encode(),
+            headers={"Content-Type": "application/vnd.git-lfs+json"},
+        )
+
+    return build
+
+
+def lfs_object(suffix: str, method: str = "GET", prefix: str = "", content: bytes | None = None) -> Build:
+    def build(w: World, actor: str, t: Target | None) -> Req:
+        assert t is not None
+        return Req(f"{prefix}/{t.full_name}.git/info/lfs/{suffix}", method, content=content)
+
+    return build
+
+
+VERIFY_BODY = json.dumps({"oid": "a" * 64, "size": 1}).encode()
+
+
+def _lfs_rows() -> list[Row]:
+    rows = []
+    for prefix, keys in (("", NOT_DATASETS), ("/datasets", DATASETS)):
+        base = prefix + "/{owner}/{repo_name}/info/lfs"
+        rows += [
+            Row(
+                "POST",
+                base + "/objects/batch",
+                git_status(READ),
+                lfs_batch("download", prefix),
+                keys,
+                git=True,
+                label="download",
+            ),
+            Row(
+                "POST",
+                base + "/objects/batch",
+                git_status(WRITE),
+                lfs_batch("upload", prefix),
+                keys,
+                git=True,
+                label="upload",
+            ),
+            # Without a signed link: credentials decide; the object was never uploaded, so readers get 404.
+            Row(
+                "GET",
+                base + "/objects/{oid}",
+                git_status(READ, 404),
+                lfs_object("objects/" + "a" * 64, prefix=prefix),
+                keys,
+                git=True,
+            ),
+            Row(
+                "GET",
+                base + "/objects/{oid}",
+                git_status(READ, 404),
+                lfs_object("objects/" + "a" * 64, "HEAD", prefix),
+                keys,
+                git=True,
+                label="HEAD",
+            ),
+            # A PUT needs a signed link from the batch API: refused alike whoever asks, whatever exists.
+            Row(
+                "PUT",
+                base + "/objects/{oid}",
+                anyone(403),
+                lfs_object("objects/" + "a" * 64 + "?size=1&sig=0", "PUT", prefix, b"x"),
+                keys,
+                git=True,
+            ),
+            Row(
+                "POST",
+                base + "/objects/verify",
+                git_status(WRITE, 404),
+                lfs_object("objects/verify", "POST", prefix, VERIFY_BODY),
+                keys,
+                git=True,
+            ),
+            Row(
+                "POST",
+                base + "/locks/verify",
+                git_status(WRITE),
+                lfs_object("locks/verify", "POST", prefix, b"{}"),
+                keys,
+                git=True,
+            ),
+        ]
+    return rows
+
+
+def members_of(owner: str) -> Expect:
+    def expect(actor: str, target: Target | None) -> int:
+        if actor == "anonymous":
+            return 401
+        return 200 if actor == "root" or actor in ROLES[owner] or actor == owner else 403
+
+    return expect
+
+
+def site_admin(ok: int) -> Expect:
+    return lambda actor, target: {"anonymous": 401, "root": ok}.get(actor, 403)
+
+
+LFS_ROWS: list[Row] = [
+    *_lfs_rows(),
+    Row(
+        "GET",
+        "/api/v1/owners/{name}/storage",
+        members_of("alice"),
+        get(f"{API}/owners/alice/storage"),
+        label="user",
+    ),
+    Row(
+        "GET",
+        "/api/v1/owners/{name}/storage",
+        members_of("lab"),
+        get(f"{API}/owners/lab/storage"),
+        label="org",
+    ),
+    Row(
+        "PUT",
+        "/api/v1/owners/{name}/storage",
+        site_admin(200),
+        body(f"{API}/owners/frank/storage", limit_bytes=None),
+    ),
+]
+
+# hub rows: helpers for the Hugging Face Hub-compatible API.
+
+
+def hub_status(need: Level, ok: int) -> Expect:
+    """The Hub API: like the REST API, except that without a token a hidden repository is a 401 (with
+    the client's RepoNotFound code), as on the Hub, so that the client suggests logging in."""
+
+    def expect(actor: str, target: Target | None) -> int:
+        assert target is not None
+        have = level(actor, target.owner, target.private)
+        if actor == "anonymous" and have < need:
+            return 401
+        if have == NONE:
+            return 404
+        return ok if have >= need else 403
+
+    return expect
+
+
+def hub(suffix: str, **fields: Any) -> Build:
+    """`/api/{models|datasets}/{owner}/{name}{suffix}`; a JSON body from `fields` ({unique} allowed)."""
+
+    def build(w: World, actor: str, t: Target | None) -> Req:
+        assert t is not None
+        unique = w.unique(actor.replace("_", "-"))
+        plural = "datasets" if t.kind == "dataset" else "models"
+        req = Req(f"/api/{plural}/{t.full_name}{suffix.format(unique=unique)}")
+        if fields:
+            req.json = {k: v.format(unique=unique) if isinstance(v, str) else v for k, v in fields.items()}
+        return req
+
+    return build
+
+
+def hub_paths_info(w: World, actor: str, t: Target | None) -> Req:
+    req = hub("/paths-info/feature%2Fx")(w, actor, t)
+    req.data = {"paths": ["README.md", "data"], "expand": "false"}
+    return req
+
+
+def hub_commit(w: World, actor: str, t: Target | None) -> Req:
+    req = hub("/commit/main")(w, actor, t)
+    lines = [
+        {"key": "header", "value": {"summary": f"commit by {actor}", "description": ""}},
+        {
+            "key": "file",
+            "value": {"path": f"hub/{w.unique(actor)}.txt", "content": "eA==", "encoding": "base64"},
+        },
+    ]
+    req.content = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+    req.headers["Content-Type"] = "application/x-ndjson"
+    return req
+
+
+def hub_doomed_repo(w: World, actor: str, t: Target | None) -> Req:
+    assert t is not None
+    name = w.unique("hub-doomed")
+    create_repo(w.client, w.alice, name, owner=t.owner, kind=t.kind, private=t.private)
+    body = {"name": name, "organization": t.owner, "type": "dataset" if t.kind == "dataset" else "model"}
+    return Req("/api/repos/delete", json=body)
+
+
+def hub_doomed_ref(kind: str) -> Build:
+    def build(w: World, actor: str, t: Target | None) -> Req:
+        assert t is not None
+        name = w.unique("hub-gone")
+        ref = {"type": kind, "name": name}
+        r = w.client.post(f"{API}/repos/{t.full_name}/refs", json=ref, headers=w.alice.headers)
+        assert r.status_code == 201, r.text
+        return hub(f"/{kind}/{name}")(w, actor, t)
+
+    return build
+
+
+HUB_REPO = "/api/{repo_type}/{namespace}/{name}"
+
+# Rows of the Hugging Face Hub-compatible API.
+HUB_ROWS: list[Row] = [
+    Row("GET", "/api/whoami-v2", logged_in(200), get("/api/whoami-v2")),
+    Row("POST", "/api/repos/create", write_token(200), body("/api/repos/create", name="{unique}")),
+    Row("DELETE", "/api/repos/delete", hub_status(ADMIN, 200), hub_doomed_repo, ALL_REPOS),
+    Row("POST", "/api/validate-yaml", anyone(200), body("/api/validate-yaml", content="", repoType="model")),
+    Row("GET", "/api/{repo_type}", anyone(200), get("/api/models?search=secret&author=alice")),
+    Row("GET", HUB_REPO, hub_status(READ, 200), hub(""), ALL_REPOS),
+    Row("GET", HUB_REPO + "/revision/{rest}", hub_status(READ, 200), hub("/revision/feature%2Fx"), ALL_REPOS),
+    Row(
+        "GET",
+        HUB_REPO + "/tree/{rest}",
+        hub_status(READ, 200),
+        hub("/tree/feature%2Fx/data?recursive=true&expand=true"),
+        ALL_REPOS,
+    ),
+    Row("POST", HUB_REPO + "/paths-info/{rest}", hub_status(READ, 200), hub_paths_info, ALL_REPOS),
+    Row(
+        "GET",
+        "/{namespace}/{name}/resolve/{rest}",
+        hub_status(READ, 200),
+        get("{web}/resolve/v1/data/table.csv"),
+        NOT_DATASETS,
+    ),
+    Row(
+        "GET",
+        "/datasets/{namespace}/{name}/resolve/{rest}",
+        hub_status(READ, 200),
+        get("{web}/resolve/feature%2Fx/README.md"),
+        DATASETS,
+    ),
+    Row("GET", HUB_REPO + "/refs", hub_status(READ, 200), hub("/refs?include_prs=1"), ALL_REPOS),
+    Row("GET", HUB_REPO + "/commits/{rest}", hub_status(READ, 200), hub("/commits/v1"), ALL_REPOS),
+    Row("POST", HUB_REPO + "/branch/{rest}", hub_status(WRITE, 200), hub("/branch/{unique}"), ALL_REPOS),
+    Row("DELETE", HUB_REPO + "/branch/{rest}", hub_status(WRITE, 200), hub_doomed_ref("branch"), ALL_REPOS),
+    Row(
+        "POST", HUB_REPO + "/tag/{rest}", hub_status(WRITE, 200), hub("/tag/main", tag="{unique}"), ALL_REPOS
+    ),
+    Row("DELETE", HUB_REPO + "/tag/{rest}", hub_status(WRITE, 200), hub_doomed_ref("tag"), ALL_REPOS),
+    Row(
+        "POST",
+        HUB_REPO + "/preupload/{rest}",
+        hub_status(WRITE, 200),
+        hub("/preupload/main", files=[{"path": "a.bin", "size": 10**9, "sample": ""}]),
+        ALL_REPOS,
+    ),
+    Row("POST", HUB_REPO + "/commit/{rest}", hub_status(WRITE, 200), hub_commit, ALL_REPOS),
+    Row(
+        "GET",
+        HUB_REPO + "/xet-write-token/{rest}",
+        hub_status(WRITE, 501),
+        hub("/xet-write-token/main"),
+        ALL_REPOS,
+    ),
+    Row(
+        "GET",
+        HUB_REPO + "/xet-read-token/{rest}",
+        hub_status(READ, 501),
+        hub("/xet-read-token/main"),
+        ALL_REPOS,
+    ),
+]
+
+ROWS = [*API_ROWS, *GIT_ROWS, *OTHER_ROWS, *PAGE_ROUTES, *STORAGE_ROWS, *LFS_ROWS, *HUB_ROWS]
 
 
 # --- running a row -------------------------------------------------------------------------------------
@@ -825,8 +1144,8 @@ def test_the_coverage_checks_notice_a_new_route(world: World) -> None:
         def stars(owner: str, name: str) -> list[str]:
             return []
 
-        @router.post("/{owner}/{repo_name}/info/lfs/objects/batch", include_in_schema=False)
-        def lfs_batch(owner: str, repo_name: str) -> dict[str, str]:
+        @router.post("/{owner}/{repo_name}/info/lfs/locks", include_in_schema=False)
+        def lfs_locks(owner: str, repo_name: str) -> dict[str, str]:
             return {}
 
         @router.get("/datasets/{owner}/{name}/viewer/{rev}", include_in_schema=False)
@@ -835,7 +1154,7 @@ def test_the_coverage_checks_notice_a_new_route(world: World) -> None:
 
         app.include_router(router, prefix="")
         assert uncovered_api_operations(app) == [("GET", "/api/v1/repos/{owner}/{name}/stars")]
-        assert ("POST", "/{owner}/{repo_name}/info/lfs/objects/batch") in uncovered_other_routes(app)
+        assert ("POST", "/{owner}/{repo_name}/info/lfs/locks") in uncovered_other_routes(app)
         # Every page is in the matrix, so a new page is reported too.
         assert ("GET", "/datasets/{owner}/{name}/viewer/{rev}") in uncovered_other_routes(app)
     finally:

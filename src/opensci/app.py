@@ -19,6 +19,7 @@ from opensci.errors import OpenSciError
 from opensci.observability import BodyLimitMiddleware, Metrics, ObservabilityMiddleware, configure_logging
 from opensci.repos.gitstore import GitStore
 from opensci.settings import Settings, get_settings
+from opensci.storage.store import BlobStore
 
 log = logging.getLogger("opensci")
 
@@ -102,10 +103,12 @@ def create_app(settings: Settings | None = None, *, migrate: bool = False) -> Fa
     if migrate:
         db.upgrade()
     store = GitStore(settings.git_dir, settings.git_binary)
+    blobs = BlobStore(settings, db)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
+        blobs.close()
         db.dispose()
 
     app = FastAPI(
@@ -121,6 +124,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = False) -> Fa
     app.state.settings = settings
     app.state.db = db
     app.state.store = store
+    app.state.blobs = blobs
     app.state.metrics = metrics
 
     from opensci.repos.githttp import install_hooks
@@ -141,13 +145,21 @@ def create_app(settings: Settings | None = None, *, migrate: bool = False) -> Fa
 
     from opensci.accounts.api import avatars as accounts_avatars
     from opensci.accounts.api import router as accounts_router
+    from opensci.hub.api import router as hub_router
     from opensci.repos.api import router as repos_router
     from opensci.repos.githttp import router as git_router
+    from opensci.storage.api import router as storage_router
+    from opensci.storage.lfs import router as lfs_router
+    from opensci.storage.quota_api import router as quota_router
 
     app.include_router(accounts_router)
     app.include_router(repos_router)
+    app.include_router(storage_router)
+    app.include_router(quota_router)
     app.include_router(accounts_avatars)
+    app.include_router(lfs_router)  # {repo}.git/info/lfs/...: before git's and the web's catch-alls
     app.include_router(git_router)  # before the web pages: /{owner}/{name}.git/... is git's
+    app.include_router(hub_router)  # /api/{models,datasets}/..., .../resolve/...: before the web pages
     from opensci.web import mount as mount_web
 
     mount_web(app)

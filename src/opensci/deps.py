@@ -16,6 +16,7 @@ from opensci.accounts.permissions import Actor
 from opensci.errors import Forbidden, Unauthorized
 from opensci.repos.gitstore import GitStore
 from opensci.settings import Settings
+from opensci.storage.store import BlobStore
 
 SESSION_COOKIE = "opensci_session"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -32,6 +33,10 @@ def get_session(request: Request) -> Iterator[Session]:
 
 def get_store(request: Request) -> GitStore:
     return request.app.state.store
+
+
+def get_blobs(request: Request) -> BlobStore:
+    return request.app.state.blobs
 
 
 def credentials(request: Request) -> tuple[str, str] | None:
@@ -94,5 +99,6 @@ def get_user_actor(actor: Annotated[Actor, Depends(get_actor)]) -> Actor:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 StoreDep = Annotated[GitStore, Depends(get_store)]
+BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
 ActorDep = Annotated[Actor, Depends(get_actor)]
 UserActorDep = Annotated[Actor, Depends(get_user_actor)]

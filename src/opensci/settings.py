@@ -66,10 +66,33 @@ class Settings(BaseSettings):
         ge=0,
         description="Blob store garbage collection spares objects and chunks used more recently than this.",
     )
+    storage_default_quota_bytes: int = Field(
+        0,
+        ge=0,
+        description="Blob store bytes each user or organization may hold, unless an operator set its own "
+        "quota (`opensci storage quota`). 0 means unlimited.",
+    )
+    lfs_threshold_bytes: int = Field(
+        10 * 1024**2,
+        ge=0,
+        description="Files larger than this, committed through the web, the REST API or the Hub API, are "
+        "stored in the blob store (deduplicated) and committed as Git LFS pointers.",
+    )
+    lfs_link_seconds: int = Field(
+        3600,
+        ge=60,
+        description="How long the upload and download links handed out by the Git LFS batch API stay valid.",
+    )
+    hub_regular_upload_max_bytes: int = Field(
+        50_000_000,
+        ge=0,
+        description="Hugging Face clients send files up to this size inline in the commit (any client "
+        "works, Xet or not); larger files go through Git LFS (set HF_HUB_DISABLE_XET=1).",
+    )
     storage_verify_reads: bool = Field(
         True,
-        description="Check every chunk's sha256 as the blob store reads it (costs CPU; a scrub checks "
-        "anyway).",
+        description="Check every chunk as the blob store reads it, against its xxh3-64 checksum (sha256 "
+        "is checked when chunks are written and by `opensci storage verify`).",
     )
 
     @classmethod

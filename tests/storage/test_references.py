@@ -17,7 +17,8 @@ from opensci.repos import service
 from opensci.repos.gitstore import GitStore, Upload
 from opensci.repos.models import Repository
 from opensci.settings import Settings
-from opensci.storage.references import parse_pointer, referenced_lfs_oids
+from opensci.storage.pointers import parse_pointer
+from opensci.storage.references import referenced_lfs_oids
 from opensci.storage.store import BlobStore
 from tests.conftest import Account
 from tests.storage.conftest import backdate, random_bytes

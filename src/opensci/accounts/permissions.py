@@ -63,7 +63,7 @@ class Actor:
         return cls(user=user, scope=scope, roles={org_id: Role(role) for org_id, role in rows})
 
 
-def _owner_role(actor: Actor, owner_id: str) -> Role | None:
+def owner_role(actor: Actor, owner_id: str) -> Role | None:
     """The actor's role over everything an owner holds: `owner` for oneself, the membership role in an org."""
     if actor.user is None:
         return None
@@ -80,13 +80,13 @@ def can(actor: Actor, action: Action, resource: Repository | Owner) -> bool:
     if actor.is_admin:
         return True
     if isinstance(resource, Owner):
-        role = _owner_role(actor, resource.id)
+        role = owner_role(actor, resource.id)
         if action == "read":
             return True
         if action == "create_repo":
             return role is not None and role.rank >= Role.write.rank
         return role is not None and role.rank >= Role.admin.rank
-    role = _owner_role(actor, resource.owner_id)
+    role = owner_role(actor, resource.owner_id)
     if action == "read":
         return not resource.private or role is not None
     if action == "write":

@@ -200,12 +200,17 @@ def upload(
         repo, created = _ensure_repo(client, repo_id, kind, private)
         if created:
             note(f"Created {repo.kind} repository {repo.full_name}{' (private)' if repo.private else ''}")
-        with output.transfer_progress(
-            f"Uploading {local.name or local}", enabled=not json_output
-        ) as progress:
-            commit = client.upload(
-                repo.full_name, local, path_in_repo, message=message, branch=branch, progress=progress
+        with output.upload_progress(f"Uploading {local.name or local}", enabled=not json_output) as bars:
+            result = client.upload_with_result(
+                repo.full_name,
+                local,
+                path_in_repo,
+                message=message,
+                branch=branch,
+                progress=bars.uploaded,
+                hash_progress=bars.hashed,
             )
+    commit = result.commit
     size = sum(f.size for f in files)
     target = branch or repo.default_branch
     if json_output:
@@ -218,10 +223,18 @@ def upload(
                 "created_repo": created,
                 "files": [f.path_in_repo for f in files],
                 "bytes": size,
+                "bytes_sent": result.bytes_sent,
+                "chunked_files": result.chunked_files,
             }
         )
         return
     note(f"Committed {len(files)} file(s), {output.human_size(size)}, to {repo.full_name} ({target})")
+    if result.chunked_files:
+        share = result.bytes_sent / size if size else 0.0
+        note(
+            f"Sent {output.human_size(result.bytes_sent)} ({share:.1%}): only the chunks the server lacked; "
+            f"{len(result.chunked_files)} large file(s) stored as Git LFS files"
+        )
     typer.echo(commit)
     typer.echo(repo.url)
 

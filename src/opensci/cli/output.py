@@ -23,6 +23,7 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
@@ -109,21 +110,59 @@ def transfer_progress(label: str, enabled: bool = True) -> Iterator[Callable[[in
     if not enabled:
         yield None
         return
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=stderr(),
-    )
-    with bar:
+    with _bar() as bar:
         task = bar.add_task(label, total=None)
 
         def update(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total or None)
 
         yield update
+
+
+class UploadBars:
+    """The progress callbacks of an upload: one bar for the bytes hashed (large files are cut into
+    chunks and hashed first), one for the bytes that reached the server or that it already had."""
+
+    def __init__(self, bar: Progress | None, label: str) -> None:
+        self.bar = bar
+        self.label = label
+        self._hash_task: TaskID | None = None
+        self._send_task: TaskID | None = None
+
+    def hashed(self, done: int, total: int) -> None:
+        if self.bar is None:
+            return
+        if self._hash_task is None:
+            self._hash_task = self.bar.add_task("Hashing", total=total or None)
+        self.bar.update(self._hash_task, completed=done, total=total or None)
+
+    def uploaded(self, done: int, total: int) -> None:
+        if self.bar is None:
+            return
+        if self._send_task is None:
+            self._send_task = self.bar.add_task(self.label, total=total or None)
+        self.bar.update(self._send_task, completed=done, total=total or None)
+
+
+@contextmanager
+def upload_progress(label: str, enabled: bool = True) -> Iterator[UploadBars]:
+    """Progress bars on stderr for an upload (bytes hashed; bytes uploaded), as `UploadBars` callbacks."""
+    if not enabled:
+        yield UploadBars(None, label)
+        return
+    with _bar() as bar:
+        yield UploadBars(bar, label)
+
+
+def _bar() -> Progress:
+    return Progress(
+        TextColumn("{task.description:<24}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=stderr(),
+    )
 
 
 def human_size(n: int | None) -> str:

@@ -99,20 +99,30 @@ def gc(
     from opensci.repos.gitstore import GitStore
     from opensci.repos.models import Repository
     from opensci.storage.gc import gc as run
-    from opensci.storage.references import referenced_lfs_oids
+    from opensci.storage.gc import release_holds
+    from opensci.storage.references import referenced_by_repo
 
     with _store() as store:
         with store.db.session() as session:
             repo_ids = session.scalars(select(Repository.id)).all()
         settings = store.settings
         try:
-            referenced = referenced_lfs_oids(GitStore(settings.git_dir, settings.git_binary), repo_ids)
+            per_repo = referenced_by_repo(GitStore(settings.git_dir, settings.git_binary), repo_ids)
         except (FileNotFoundError, RuntimeError) as exc:
             typer.secho(f"error: {exc}; nothing was collected", fg="red", err=True)
             raise typer.Exit(1) from None
+        referenced = set().union(*per_repo.values())
         report = run(store, referenced, grace, dry_run=dry_run)
+        released = release_holds(store, per_repo, grace, dry_run=dry_run)
     if json_output:
-        print_json({**vars(report), "referenced_objects": len(referenced), "repositories": len(repo_ids)})
+        print_json(
+            {
+                **vars(report),
+                "referenced_objects": len(referenced),
+                "repositories": len(repo_ids),
+                "holds_released": released,
+            }
+        )
         return
     verb = "would delete" if dry_run else "deleted"
     typer.echo(f"{len(repo_ids)} repositories reference {len(referenced)} objects")
@@ -122,6 +132,7 @@ def gc(
         f"{'would compact' if dry_run else 'compacted'} {report.packs_compacted} packs"
     )
     typer.echo(f"{'would reclaim' if dry_run else 'reclaimed'} {_size(report.bytes_reclaimed)} on disk")
+    typer.echo(f"{'would release' if dry_run else 'released'} {released} unreferenced objects from quotas")
     for error in report.errors:
         typer.echo(f"warning: {error}", err=True)
 
@@ -162,3 +173,60 @@ def stats(json_output: JsonOpt = False) -> None:
 
 def register(app: typer.Typer) -> None:
     app.add_typer(storage_app, name="storage")
+
+
+def _parse_bytes(text: str) -> int:
+    """`1000`, `500MB`, `10GiB`, `2TB` → bytes."""
+    units = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+    units |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+    raw = text.strip().lower().replace(" ", "")
+    number = raw.rstrip("kmgtib")
+    unit = raw[len(number) :]
+    try:
+        value = float(number)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a size (e.g. 500MB, 10GiB, 0 for unlimited)") from None
+    if unit not in units or value < 0:
+        raise typer.BadParameter(f"{text!r} is not a size (e.g. 500MB, 10GiB, 0 for unlimited)")
+    return int(value * units[unit])
+
+
+@storage_app.command("quota")
+def quota_command(
+    owner: Annotated[str, typer.Argument(help="A user or organization.")],
+    limit: Annotated[
+        str | None, typer.Option("--limit", help="Set the quota: bytes or e.g. 500MB, 10GiB; 0 = unlimited.")
+    ] = None,
+    default: Annotated[bool, typer.Option("--default", help="Return to the server's default quota.")] = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """Show an owner's storage use and quota; with --limit or --default, change the quota."""
+    from opensci.accounts.service import get_owner
+    from opensci.errors import OpenSciError
+    from opensci.storage import quota
+
+    if limit is not None and default:
+        raise typer.BadParameter("give --limit or --default, not both")
+    new = _parse_bytes(limit) if limit is not None else None
+    with _store() as store, store.db.session() as session:
+        try:
+            row = get_owner(session, owner)
+        except OpenSciError as exc:
+            typer.secho(f"error: {exc.message}", fg="red", err=True)
+            raise typer.Exit(1) from None
+        if limit is not None or default:
+            quota.set_limit(session, row, new)
+            session.commit()
+        u = quota.usage(session, store.settings, row.id)
+    if json_output:
+        print_json(
+            {
+                "owner": row.name,
+                "used_bytes": u.used_bytes,
+                "limit_bytes": u.limit_bytes,
+                "objects": u.objects,
+            }
+        )
+        return
+    cap = "unlimited" if u.limit_bytes is None else _size(u.limit_bytes)
+    typer.echo(f"{row.name}: {_size(u.used_bytes)} used of {cap} ({u.objects} objects)")

@@ -34,6 +34,7 @@ from opensci.client.types import (
     Token,
     Tree,
     TreeEntry,
+    UploadResult,
     UserInfo,
 )
 
@@ -62,6 +63,7 @@ __all__ = [
     "Tree",
     "TreeEntry",
     "UnauthorizedError",
+    "UploadResult",
     "UserInfo",
     "ValidationError",
     "split_repo_id",

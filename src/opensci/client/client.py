@@ -12,7 +12,7 @@ from urllib.parse import quote
 import httpx
 
 from opensci import __version__
-from opensci.client import config, transfer
+from opensci.client import chunks, config, transfer
 from opensci.client.errors import (
     ConflictError,
     ConnectionFailed,
@@ -22,7 +22,18 @@ from opensci.client.errors import (
     ValidationError,
     error_from_response,
 )
-from opensci.client.types import Commit, Download, NewToken, Ref, Refs, Repo, Token, Tree, UserInfo
+from opensci.client.types import (
+    Commit,
+    Download,
+    NewToken,
+    Ref,
+    Refs,
+    Repo,
+    Token,
+    Tree,
+    UploadResult,
+    UserInfo,
+)
 
 Progress = Callable[[int, int], None]
 """Called as `progress(bytes_done, bytes_total)` while files move."""
@@ -367,13 +378,51 @@ class Client:
         parent_commit: str | None = None,
         delete: list[str] | None = None,
         progress: Progress | None = None,
+        *,
+        hash_progress: Progress | None = None,
+        workers: int = chunks.WORKERS,
     ) -> str:
         """Upload a file or a folder (recursively, without `.git/`) as ONE commit and return its id.
 
         A file goes to `path_in_repo` (default: its name; a value ending in `/` means: into that
         folder); a folder's contents go under `path_in_repo` (default: the root). `delete` lists paths
         to remove in the same commit. With `parent_commit`, the commit lands only if `branch` still
-        points there (else ConflictError, and nothing is written). Files are streamed from disk."""
+        points there (else ConflictError, and nothing is written). Files are streamed from disk.
+
+        Files larger than 1 MiB are cut into content-defined chunks and only the chunks the server
+        lacks are sent, by `workers` threads; they are committed as Git LFS files. An interrupted
+        upload sends only what is still missing when run again. `progress(done, total)` counts bytes
+        that reached the server (or that it had already), `hash_progress(done, total)` bytes hashed.
+        `upload_with_result` does the same and also says how many bytes were sent."""
+        return self.upload_with_result(
+            repo,
+            local_path,
+            path_in_repo,
+            message,
+            branch,
+            parent_commit,
+            delete,
+            progress,
+            hash_progress=hash_progress,
+            workers=workers,
+        ).commit
+
+    def upload_with_result(
+        self,
+        repo: str,
+        local_path: str | Path,
+        path_in_repo: str | None = None,
+        message: str | None = None,
+        branch: str | None = None,
+        parent_commit: str | None = None,
+        delete: list[str] | None = None,
+        progress: Progress | None = None,
+        *,
+        hash_progress: Progress | None = None,
+        workers: int = chunks.WORKERS,
+    ) -> UploadResult:
+        """`upload`, returning an UploadResult: the commit id, the files, and `bytes_sent` against
+        `bytes_total` (what deduplication saved)."""
         files = transfer.collect(Path(local_path), path_in_repo)
         if message is None:
             message = f"Upload {Path(local_path).name or 'files'}"
@@ -386,6 +435,8 @@ class Client:
             parent_commit=parent_commit,
             delete=delete,
             progress=progress,
+            hash_progress=hash_progress,
+            workers=workers,
         )
 
     # --- branches and tags --------------------------------------------------------------------------

@@ -140,6 +140,12 @@ _HINTS = {
     "ref_exists": "choose another name, or delete the existing branch or tag first",
     "protected_branch": "make another branch the default first, or delete a different branch",
     "invalid_name": "use 1-96 letters, digits, '.', '_' or '-', starting and ending with a letter or digit",
+    "quota_exceeded": (
+        "the owner's storage quota is full: delete large files or repositories you no longer need "
+        "(the owner's profile page shows its use; the operator can raise the quota)"
+    ),
+    "lfs_object_missing": "upload the file's content to this repository before committing a pointer to it",
+    "digest_mismatch": "the bytes changed while they were sent (or were damaged): upload again",
     "payload_too_large": (
         "the upload is larger than the server accepts (OPENSCI_MAX_UPLOAD_BYTES on the server): "
         "split it into several commits or ask the operator to raise the limit"

@@ -8,6 +8,7 @@ an HTTP Range request, check the size and the git blob id (the server's ETag), t
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -21,14 +22,16 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from opensci.client import chunks
 from opensci.client.errors import TransferError, ValidationError
-from opensci.client.types import Download, TreeEntry
+from opensci.client.types import Download, TreeEntry, UploadResult
 
 if TYPE_CHECKING:
     from opensci.client.client import Client
 
 CHUNK = 1024 * 1024
 _OID = re.compile(r"^[0-9a-f]{40}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
 
 ProgressFn = Callable[[int, int], None]
@@ -147,14 +150,55 @@ def upload(
     parent_commit: str | None,
     delete: list[str] | None,
     progress: ProgressFn | None,
-) -> str:
+    hash_progress: ProgressFn | None = None,
+    workers: int = chunks.WORKERS,
+    chunk_threshold: int = chunks.CHUNKED_MIN_BYTES,
+) -> UploadResult:
+    """One commit of `files`: those larger than `chunk_threshold` first go through the chunk protocol
+    (only the chunks the server lacks are sent) and are committed as Git LFS pointers; the others travel
+    in the commit request itself.
+
+    `progress(done, total)` counts bytes of all files that reached the server (or that it already had);
+    `hash_progress(done, total)` the bytes of the large files hashed so far."""
+    big = [f for f in files if f.size > chunk_threshold]
+    small = [f for f in files if f.size <= chunk_threshold]
+    total = sum(f.size for f in files)
+    hash_total = sum(f.size for f in big)
+    lock = threading.Lock()
+    state = {"done": 0, "hashed": 0, "sent": 0}
+
+    def advance(file_bytes: int, wire_bytes: int) -> None:
+        with lock:
+            state["done"] += file_bytes
+            state["sent"] += wire_bytes
+            if progress:
+                progress(state["done"], total)
+
+    def hashed(n: int) -> None:
+        state["hashed"] += n
+        if hash_progress:
+            hash_progress(state["hashed"], hash_total)
+
+    if progress:
+        progress(0, total)
+    if hash_progress and big:
+        hash_progress(0, hash_total)
     fields = [("message", message)]
     if branch:
         fields.append(("branch", branch))
     if parent_commit:
         fields.append(("parent_commit", parent_commit))
     fields += [("delete", path.strip("/")) for path in delete or []]
-    body = MultipartBody(fields, files, progress)
+    for f in big:
+        fc = chunks.chunk_file(f.local, hashed)
+        if fc.size != f.size:
+            raise TransferError(f"{f.local} changed while it was being uploaded; upload it again")
+        chunks.upload_file(client, repo, fc, workers=workers, on_sent=advance)
+        pointer = {"path": f.path_in_repo, "oid": fc.oid, "size": fc.size}
+        fields.append(("lfs", json.dumps(pointer)))
+
+    base = state["done"]
+    body = MultipartBody(fields, small, lambda done, _total: advance(base + done - state["done"], 0))
     response = client.request(
         "POST",
         client.api_path(repo, "commits"),
@@ -163,7 +207,14 @@ def upload(
         # The server stores and commits everything before it answers: give it time for large uploads.
         timeout=httpx.Timeout(client.timeout, read=max(client.timeout, 600.0)),
     )
-    return str(response.json()["commit"])
+    state["sent"] += sum(f.size for f in small)
+    return UploadResult(
+        commit=str(response.json()["commit"]),
+        files=[f.path_in_repo for f in files],
+        bytes_total=total,
+        bytes_sent=state["sent"],
+        chunked_files=[f.path_in_repo for f in big],
+    )
 
 
 # --- download ------------------------------------------------------------------------------------------
@@ -178,12 +229,22 @@ def git_blob_id(path: Path) -> str:
     return h.hexdigest()
 
 
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _has_content(path: Path, entry: TreeEntry) -> bool:
     try:
         if not path.is_file() or path.stat().st_size != entry.size:
             return False
     except OSError:
         return False
+    if entry.lfs_oid is not None:
+        return file_sha256(path) == entry.lfs_oid
     return git_blob_id(path) == entry.oid
 
 
@@ -234,11 +295,15 @@ def fetch_file(
         size = part.stat().st_size
         if total is not None and size != total:
             raise TransferError(f"{path}: received {size} of {total} bytes")
-        if _OID.match(etag) and git_blob_id(part) != etag:
+        # The ETag names the content: its git blob id, or its sha256 for a Git LFS file.
+        wrong = (_OID.match(etag) and git_blob_id(part) != etag) or (
+            _SHA256.match(etag) and file_sha256(part) != etag
+        )
+        if wrong:
             part.unlink()
             if offset:  # the partial file held other bytes: download the whole file once more
                 continue
-            raise TransferError(f"{path}: the bytes received do not match the file's git blob id {etag[:12]}")
+            raise TransferError(f"{path}: the bytes received do not match the file's id {etag[:12]}")
         os.replace(part, target)
         return
     raise TransferError(f"{path}: could not resume the partial download; run the download again")

@@ -126,10 +126,15 @@ class TreeEntry:
     type: str
     oid: str
     size: int | None
+    lfs_oid: str | None = None  # sha256 of the content of a Git LFS file (`oid` is its pointer's blob id)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> TreeEntry:
-        return cls(d["path"], d["name"], d["type"], d["oid"], d.get("size"))
+        lfs = d.get("lfs")
+        lfs_oid = (
+            str(lfs["oid"]).removeprefix("sha256:") if isinstance(lfs, dict) and lfs.get("oid") else None
+        )
+        return cls(d["path"], d["name"], d["type"], d["oid"], d.get("size"), lfs_oid)
 
 
 @dataclass(frozen=True)
@@ -221,3 +226,23 @@ class Download:
     commit: str
     local_dir: Path
     files: list[Path]
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    """The result of `Client.upload_with_result`: the commit, and what moved over the wire.
+
+    Files larger than 1 MiB travel as content-defined chunks, and only the chunks the server lacks are
+    sent: `bytes_sent` (chunk frames and file parts of the commit request) is then often far below
+    `bytes_total` (the size of the files uploaded)."""
+
+    commit: str
+    files: list[str]
+    bytes_total: int
+    bytes_sent: int
+    chunked_files: list[str] = field(default_factory=list)  # stored in the blob store, as Git LFS files
+
+    @property
+    def bytes_deduplicated(self) -> int:
+        """Bytes of the files the server already had (never below 0: frames add a few bytes)."""
+        return max(0, self.bytes_total - self.bytes_sent)

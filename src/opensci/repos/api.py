@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import mimetypes
 from typing import Annotated
 
+import pygit2
 from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from opensci.deps import ActorDep, SessionDep, SettingsDep, StoreDep, UserActorDep
+from opensci.deps import ActorDep, BlobsDep, SessionDep, SettingsDep, StoreDep, UserActorDep
 from opensci.errors import InvalidInput
-from opensci.http_range import bytes_response
 from opensci.repos import gitstore, service
 from opensci.repos.gitstore import Upload
 from opensci.repos.models import Repository
 from opensci.repos.schemas import (
     CommitCreated,
     CommitOut,
+    LfsOut,
     Page,
     RefCreate,
     RefOut,
@@ -29,6 +31,7 @@ from opensci.repos.schemas import (
     TreeOut,
 )
 from opensci.settings import Settings
+from opensci.storage import files
 
 router = APIRouter(prefix="/api/v1/repos", tags=["repos"])
 
@@ -174,14 +177,25 @@ def get_commit(
 
 @router.post("/{owner}/{name}/commits", status_code=201, response_model=CommitCreated)
 async def create_commit(
-    owner: str, name: str, request: Request, session: SessionDep, store: StoreDep, actor: UserActorDep
+    owner: str,
+    name: str,
+    request: Request,
+    session: SessionDep,
+    store: StoreDep,
+    blobs: BlobsDep,
+    settings: SettingsDep,
+    actor: UserActorDep,
 ) -> CommitCreated:
     """One atomic commit from a multipart form: `message`, `branch`, `parent_commit`, `files` parts
-    (each part's filename is its path in the repository) and `delete` fields (paths to remove)."""
+    (each part's filename is its path in the repository), `delete` fields (paths to remove) and `lfs`
+    fields, each a JSON object `{"path", "oid", "size"}` naming a file uploaded to this repository with
+    the chunk upload protocol (`/uploads/...`), committed as a Git LFS pointer. Files larger than the
+    server's LFS threshold are stored in the blob store and committed as pointers too."""
     repo = await run_in_threadpool(service.get_repo, actor, session, owner, name, "write")
     form = await request.form(max_files=100_000, max_fields=100_000)
     try:
         changes: dict[str, Upload | None] = {}
+        pointers: dict[str, tuple[str, int]] = {}
         message, branch, parent = "", None, None
         for key, value in form.multi_items():
             if isinstance(value, UploadFile):
@@ -199,8 +213,44 @@ async def create_commit(
                 parent = value or None
             elif key == "delete":
                 _add_change(changes, value, None)
+            elif key == "lfs":
+                try:
+                    entry = json.loads(value)
+                    path, oid, size = entry["path"], entry["oid"], entry["size"]
+                    if not isinstance(path, str) or not isinstance(oid, str) or type(size) is not int:
+                        raise TypeError
+                except (ValueError, KeyError, TypeError):
+                    raise InvalidInput(
+                        'an lfs field is a JSON object {"path": str, "oid": sha256 hex, "size": int}',
+                        code="invalid_form",
+                    ) from None
+                _add_change(changes, path, None)
+                pointers[path] = (oid, size)
             else:
                 raise InvalidInput(f"unexpected form field {key!r}", code="invalid_form")
+
+        def prepare() -> dict[str, Upload | None]:
+            # Large files (and those the branch's .gitattributes send through LFS) into the blob store
+            # first: the session writes nothing before every byte is stored.
+            g = service.open_git(store, repo)
+            head = gitstore.branch_head(g, branch or repo.default_branch) or gitstore.branch_head(
+                g, repo.default_branch
+            )
+            base = g[head] if head else None
+            out = files.absorb_large(
+                session,
+                settings,
+                blobs,
+                repo,
+                changes,
+                tracked=lambda p: files.tracked_by_attributes(g, base, p),
+            )
+            for path, (oid, size) in pointers.items():
+                files.attach_object(session, settings, blobs, repo, actor, oid, size)
+                out[path] = files.lfs_upload(oid, size)
+            return out
+
+        changes = await run_in_threadpool(prepare)
         sha, parent_sha = await run_in_threadpool(
             service.commit_files,
             actor,
@@ -239,9 +289,19 @@ def _tree(
     return TreeOut(
         commit=str(commit.id),
         path=path,
-        entries=[
-            TreeEntryOut(path=e.path, name=e.name, type=e.type, oid=e.oid, size=e.size) for e in entries
-        ],
+        entries=[_entry_out(g, e) for e in entries],
+    )
+
+
+def _entry_out(g: pygit2.Repository, e: gitstore.TreeEntry) -> TreeEntryOut:
+    lfs = files.entry_lfs(g, e.oid, e.size) if e.type == "file" else None
+    return TreeEntryOut(
+        path=e.path,
+        name=e.name,
+        type=e.type,
+        oid=e.oid,
+        size=lfs.size if lfs else e.size,
+        lfs=LfsOut(oid=lfs.oid, size=lfs.size, pointer_size=lfs.pointer_size) if lfs else None,
     )
 
 
@@ -276,16 +336,16 @@ def raw(
     request: Request,
     session: SessionDep,
     store: StoreDep,
+    blobs: BlobsDep,
     actor: ActorDep,
 ) -> Response:
-    """A file's bytes at a revision, with HTTP Range and ETag (the git blob id)."""
+    """A file's bytes at a revision, with HTTP Range and an ETag (the git blob id; the sha256 of the
+    content for Git LFS files, whose bytes come from the blob store)."""
     repo = service.get_repo(actor, session, owner, name)
     g = service.open_git(store, repo)
     commit, _, path = gitstore.split_rev_path(g, rev_path)
-    blob = gitstore.read_blob(g, commit, path)
-    etag = f'"{blob.id}"'
+    view = files.file_view(g, commit, path)
     headers = {
-        "ETag": etag,
         "X-Repo-Commit": str(commit.id),
         "X-Content-Type-Options": "nosniff",
         "Content-Security-Policy": RAW_CSP,
@@ -293,20 +353,13 @@ def raw(
         if repo.private
         else "public, max-age=0, must-revalidate",
     }
-    if request.headers.get("if-none-match") == etag:
-        return Response(status_code=304, headers=headers)
-    media = mimetypes.guess_type(path)[0] or (
-        "text/plain; charset=utf-8" if not blob.is_binary else "application/octet-stream"
-    )
+    media = mimetypes.guess_type(path)[0]
+    if media is None:
+        binary = view.lfs is not None or g[view.blob_id].is_binary
+        media = "application/octet-stream" if binary else "text/plain; charset=utf-8"
     if media.split(";")[0] in _ACTIVE:
         media = "text/plain; charset=utf-8"
-    return bytes_response(
-        blob.data,
-        request.headers.get("range"),
-        media_type=media,
-        headers=headers,
-        head=request.method == "HEAD",
-    )
+    return files.file_response(request, session, blobs, repo, g, view, media_type=media, headers=headers)
 
 
 @router.get("/{owner}/{name}/refs", response_model=RefsOut)

@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import zlib
 from collections.abc import Awaitable, Callable
@@ -399,16 +400,19 @@ async def _rpc(
         log.info("client went away while sending a %s request (request_id=%s)", svc, rid)
         return Response(status_code=400)
     pushing = svc == "receive-pack"
+    held: Path | None = None
     try:
         refs_before = await run_in_threadpool(_ref_snapshot, store, repo.id) if pushing else {}
         hooks = await run_in_threadpool(_checked_hooks, request) if pushing else None
-        proc = await _start_git(
-            _args(store, svc, hooks, repo, advertise=False),
-            _git_env(request, repo, hooks),
-            asyncio.subprocess.PIPE,
-        )
+        env = _git_env(request, repo, hooks)
+        if pushing:
+            held = await run_in_threadpool(_write_held, request.app.state.db, settings.tmp_dir, repo.id)
+            env |= {"OPENSCI_LFS_HELD": str(held), "OPENSCI_PYTHON": sys.executable, "OPENSCI_GIT": store.git}
+        proc = await _start_git(_args(store, svc, hooks, repo, advertise=False), env, asyncio.subprocess.PIPE)
     except BaseException:
         body.close()
+        if held is not None:
+            held.unlink(missing_ok=True)
         raise
     assert proc.stdout is not None and proc.stderr is not None
     feeder = asyncio.create_task(_feed(proc, body))
@@ -439,6 +443,8 @@ async def _rpc(
         elif proc.returncode != 0:
             _log_failure(request, svc, repo, proc.returncode, err)
         if pushing:
+            if held is not None:
+                held.unlink(missing_ok=True)
             await run_in_threadpool(_after_push, db, store, repo.id, refs_before)
 
     try:
@@ -458,6 +464,18 @@ async def _rpc(
             )
         return _git_failed(request, svc)
     return GitResponse(proc, first, f"application/x-{svc_name}-result", finish)
+
+
+def _write_held(db: object, tmp_dir: Path, repo_id: str) -> Path:
+    """A file of the Git LFS oids the repository holds, for the push's pre-receive check."""
+    from opensci.storage.files import held_oids
+
+    with db.session() as session:  # type: ignore[attr-defined]
+        oids = held_oids(session, repo_id)
+    fd, name = tempfile.mkstemp(prefix="lfs-held-", dir=tmp_dir)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(oids))
+    return Path(name)
 
 
 def _said_protocol_error(stderr: asyncio.Task[bytes]) -> bool:

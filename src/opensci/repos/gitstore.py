@@ -64,10 +64,12 @@ class Upload:
         file: Path | None = None,
         stream: BinaryIO | None = None,
         executable: bool = False,
+        lfs: bool = False,
     ) -> None:
         if sum(x is not None for x in (data, file, stream)) != 1:
             raise ValueError("give exactly one of data, file, stream")
         self.data, self.file, self.stream, self.executable = data, file, stream, executable
+        self.lfs = lfs  # the content is a Git LFS pointer: the commit tracks the path in .gitattributes
 
 
 Change = Upload | None  # None deletes the path (a file, or a whole folder)

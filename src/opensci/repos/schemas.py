@@ -67,12 +67,19 @@ class CommitOut(BaseModel):
     parents: list[str]
 
 
+class LfsOut(BaseModel):
+    oid: str = Field(description="sha256 of the content")
+    size: int
+    pointer_size: int
+
+
 class TreeEntryOut(BaseModel):
     path: str
     name: str
     type: Literal["file", "dir", "submodule"]
-    oid: str
-    size: int | None
+    oid: str = Field(description="The git object id (of the pointer, for Git LFS files).")
+    size: int | None = Field(description="Bytes of the content (of the stored object, for Git LFS files).")
+    lfs: LfsOut | None = None
 
 
 class TreeOut(BaseModel):

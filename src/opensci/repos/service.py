@@ -10,6 +10,7 @@ import re
 from collections.abc import Mapping
 
 import pygit2
+from pygit2.enums import FileMode
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -18,8 +19,17 @@ from opensci.accounts.models import Owner, Scope
 from opensci.accounts.permissions import Action, Actor, can, readable_repos_clause
 from opensci.accounts.service import get_owner
 from opensci.db.base import utcnow
-from opensci.errors import Conflict, Forbidden, InvalidInput, NotFound, RepoNotFound, Unauthorized
+from opensci.errors import (
+    Conflict,
+    EntryNotFound,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    RepoNotFound,
+    Unauthorized,
+)
 from opensci.repos import gitstore
+from opensci.repos.gitattributes import ATTRIBUTES, track
 from opensci.repos.gitstore import ZERO, Change, GitStore
 from opensci.repos.models import RepoKind, Repository
 from opensci.validation import check_name, check_repo_path
@@ -339,7 +349,12 @@ def commit_files(
         base = head or parent_commit or gitstore.branch_head(g, repo.default_branch)
         parent = g[base] if base else None
         new = gitstore.build_commit(
-            g, parent, blobs, message=message.strip() + "\n", author=author, committer=author
+            g,
+            parent,
+            _with_lfs_tracking(g, parent, changes, blobs),
+            message=message.strip() + "\n",
+            author=author,
+            committer=author,
         )
         if store.update_ref(
             repo.id, ref, new, head or ZERO, f"commit (api): {message.splitlines()[0][:100]}"
@@ -347,6 +362,44 @@ def commit_files(
             touch(session, repo)
             return new, base
     raise Conflict(f"{branch} is changing too fast; try again", code="busy_branch")
+
+
+def _with_lfs_tracking(
+    g: pygit2.Repository,
+    parent: pygit2.Commit | None,
+    changes: Mapping[str, Change],
+    blobs: dict[str, gitstore.BlobRef],
+) -> dict[str, gitstore.BlobRef]:
+    """`blobs`, plus a `.gitattributes` tracking every LFS pointer of the commit that no pattern covers."""
+    lfs_paths = [p for p, c in changes.items() if c is not None and c.lfs]
+    if not lfs_paths:
+        return blobs
+    attrs = changes.get(ATTRIBUTES, ...)
+    if attrs is None:
+        text = ""  # deleted in this very commit
+    elif attrs is not ...:
+        text = gitattributes_text(attrs)
+    else:
+        try:
+            text = gitstore.read_blob(g, parent, ATTRIBUTES).data.decode("utf-8", "replace") if parent else ""
+        except (EntryNotFound, InvalidInput):
+            text = ""
+    updated = track(text, lfs_paths)
+    if updated is None:
+        return blobs
+    return {**blobs, ATTRIBUTES: (g.create_blob(updated.encode()), FileMode.BLOB)}
+
+
+def gitattributes_text(upload: gitstore.Upload) -> str:
+    if upload.data is not None:
+        data = upload.data
+    elif upload.file is not None:
+        data = upload.file.read_bytes()
+    else:
+        assert upload.stream is not None
+        upload.stream.seek(0)
+        data = upload.stream.read()
+    return data.decode("utf-8", "replace")
 
 
 def create_ref(

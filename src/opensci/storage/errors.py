@@ -32,3 +32,9 @@ class ObjectDamaged(OpenSciError):
     """
 
     status, code = 500, "object_damaged"
+
+
+class QuotaExceeded(OpenSciError):
+    """Storing this would take an owner past its blob store quota; nothing was stored or committed."""
+
+    status, code = 413, "quota_exceeded"

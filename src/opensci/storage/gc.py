@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -23,7 +23,7 @@ from sqlalchemy import bindparam, case, delete, exists, func, select, update
 from opensci.db.base import utcnow
 from opensci.storage import index
 from opensci.storage.index import check_oid, manifest_digests
-from opensci.storage.models import StorageChunk, StorageObject, StoragePack
+from opensci.storage.models import RepoObject, StorageChunk, StorageObject, StoragePack
 from opensci.storage.packs import (
     HEADER,
     PACK_HEADER,
@@ -331,3 +331,30 @@ def _sweep_orphans(store: BlobStore, report: GcReport, known: set[str], cutoff_t
                 path.unlink(missing_ok=True)
         finally:
             os.close(fd)
+
+
+def release_holds(
+    store: BlobStore, referenced: Mapping[str, set[str]], grace: float | None = None, *, dry_run: bool = False
+) -> int:
+    """Forget that a repository holds an object no revision of it references (uploaded, never committed;
+    or committed on a branch since deleted), once the hold is older than the grace period, and every
+    hold of an object no longer stored. Quotas count holds, so this returns unused space to owners.
+    `referenced` maps each repository id to the oids its revisions reference. Returns the count."""
+    grace = store.settings.storage_gc_grace_seconds if grace is None else grace
+    cutoff = utcnow() - timedelta(seconds=grace)
+    with store.db.session() as session:
+        rows = session.execute(select(RepoObject.repo_id, RepoObject.oid, RepoObject.created_at)).all()
+        stored = set(session.scalars(select(StorageObject.oid)))
+        doomed = [
+            (repo_id, oid)
+            for repo_id, oid, created in rows
+            if oid not in stored
+            or (repo_id in referenced and oid not in referenced[repo_id] and created < cutoff)
+        ]
+        if not dry_run:
+            for repo_id, oid in doomed:
+                session.execute(
+                    delete(RepoObject).where(RepoObject.repo_id == repo_id, RepoObject.oid == oid)
+                )
+            session.commit()
+    return len(doomed)

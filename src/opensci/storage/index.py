@@ -32,6 +32,7 @@ class Location:
     offset: int
     length: int
     damaged: bool = False
+    check: bytes | None = None  # xxh3-64 of the chunk's bytes (see StorageChunk.check)
 
 
 def check_oid(value: str) -> str:
@@ -101,9 +102,12 @@ def touch_chunks(session: Session, digests: Sequence[bytes], now: datetime) -> s
     return found
 
 
-def insert_chunks(session: Session, rows: Sequence[tuple[bytes, str, int, int]], now: datetime) -> None:
-    """Index newly written chunks (sha256, pack, offset, length). An existing healthy entry wins (the
-    new copy becomes dead space); a damaged entry is repaired to point at the new copy."""
+ChunkRow = tuple[bytes, str, int, int] | tuple[bytes, str, int, int, bytes | None]
+
+
+def insert_chunks(session: Session, rows: Sequence[ChunkRow], now: datetime) -> None:
+    """Index newly written chunks (sha256, pack, offset, length[, xxh3 check]). An existing healthy entry
+    wins (the new copy becomes dead space); a damaged entry is repaired to point at the new copy."""
     if not rows:
         return
     table = StorageChunk.__table__
@@ -114,6 +118,7 @@ def insert_chunks(session: Session, rows: Sequence[tuple[bytes, str, int, int]],
             "pack_id": stmt.excluded.pack_id,
             "offset": stmt.excluded.offset,
             "length": stmt.excluded.length,
+            "check": stmt.excluded.check,
             "damaged": False,
             "touched_at": now,
         },
@@ -123,15 +128,16 @@ def insert_chunks(session: Session, rows: Sequence[tuple[bytes, str, int, int]],
         stmt,
         [
             {
-                "sha256": d,
-                "pack_id": p,
-                "offset": o,
-                "length": n,
+                "sha256": r[0],
+                "pack_id": r[1],
+                "offset": r[2],
+                "length": r[3],
+                "check": r[4] if len(r) > 4 else None,
                 "damaged": False,
                 "created_at": now,
                 "touched_at": now,
             }
-            for d, p, o, n in sorted(rows)  # one lock order for concurrent writers
+            for r in sorted(rows, key=lambda r: r[0])  # one lock order for concurrent writers
         ],
     )
 
@@ -143,10 +149,10 @@ def locate(session: Session, digests: Sequence[bytes]) -> dict[bytes, Location]:
     conn = session.connection()
     for part in batched(list(set(digests)), 256):
         rows = conn.execute(
-            select(t.sha256, t.pack_id, t.offset, t.length, t.damaged).where(t.sha256.in_(part))
+            select(t.sha256, t.pack_id, t.offset, t.length, t.damaged, t.check).where(t.sha256.in_(part))
         )
-        for d, p, o, n, bad in rows:
-            out[bytes(d)] = Location(p, o, n, bad)
+        for d, p, o, n, bad, check in rows:
+            out[bytes(d)] = Location(p, o, n, bad, None if check is None else bytes(check))
     return out
 
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from xxhash import xxh3_64_digest
+
 PACK_MAGIC = b"OSCIPACK"
 PACK_VERSION = 1
 PACK_HEADER = struct.Struct(">8sII")
@@ -74,15 +76,25 @@ def record_header(sha256: bytes, length: int) -> bytes:
 
 
 def check_chunk(
-    header: bytes | memoryview, data: memoryview, sha256: bytes, *, verify: bool = True
+    header: bytes | memoryview,
+    data: memoryview,
+    sha256: bytes,
+    *,
+    verify: bool = True,
+    fast: bytes | None = None,
 ) -> str | None:
-    """Why a record (its header and the chunk's bytes) is not the stored copy of this chunk; None if it is."""
+    """Why a record (its header and the chunk's bytes) is not the stored copy of this chunk; None if it is.
+    With `verify`, the bytes are checked against `fast` (their xxh3-64, from the index) when given,
+    else against the sha256."""
     if len(header) != HEADER:
         return "the record is cut short"
     magic, n, digest = RECORD_HEADER.unpack(header)
     if magic != RECORD_MAGIC or n != len(data) or digest != sha256:
         return "the record header does not name this chunk"
-    if verify and hashlib.sha256(data).digest() != sha256:
+    if verify and fast is not None:
+        if xxh3_64_digest(data) != fast:
+            return "the chunk's bytes do not match their checksum"
+    elif verify and hashlib.sha256(data).digest() != sha256:
         return "the chunk's bytes do not match its sha256"
     return None
 

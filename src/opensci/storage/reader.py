@@ -291,7 +291,9 @@ def _load(run: _Run, verify: bool) -> _Loaded:
             return None, (k, "the chunk is marked damaged")
         if k >= whole:
             return None, (k, "the pack ends before the chunk does")
-        reason = check_chunk(headers[k], data[at : at + loc.length], run.digests[k], verify=verify)
+        reason = check_chunk(
+            headers[k], data[at : at + loc.length], run.digests[k], verify=verify, fast=loc.check
+        )
         if reason is not None:
             return None, (k, reason)
         at += loc.length

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, BinaryIO, TypeVar
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
+from xxhash import xxh3_64_digest
 
 from opensci.db import Database
 from opensci.db.base import utcnow
@@ -81,7 +82,7 @@ class _Lease:
     def __init__(self, store: BlobStore) -> None:
         self.store = store
         self.writer: PackWriter | None = None
-        self.rows: list[tuple[bytes, str, int, int]] = []
+        self.rows: list[index.ChunkRow] = []
 
     @property
     def unflushed(self) -> int:
@@ -103,7 +104,8 @@ class _Lease:
             part = chunks[start : start + n]
             offsets = self.writer.append(part)
             self.rows.extend(
-                (d, self.writer.id, o, len(data)) for (d, data), o in zip(part, offsets, strict=True)
+                (d, self.writer.id, o, len(data), xxh3_64_digest(data))
+                for (d, data), o in zip(part, offsets, strict=True)
             )
             start += n
 

@@ -24,6 +24,7 @@ from opensci.errors import RepoNotFound
 from opensci.repos import gitstore
 from opensci.repos import service as repos
 from opensci.repos.models import RepoKind, Repository
+from opensci.storage import files
 from opensci.web.render import (
     MAX_HIGHLIGHT_BYTES,
     MAX_MARKDOWN_BYTES,
@@ -269,8 +270,14 @@ def blob(
         return RedirectResponse(repo_href(repo, "tree", rev, path), status_code=302)
     obj = gitstore.read_blob(g, commit, path)
     filename = posixpath.basename(path)
-    view: dict[str, Any] = {"kind": "code", "size": obj.size, "lines": 0, "html": None}
-    if filename.lower().endswith(_IMAGE_EXTS):
+    view: dict[str, Any] = {"kind": "code", "size": obj.size, "lines": 0, "html": None, "lfs": None}
+    fv = files.FileView(path, str(commit.id), str(obj.id), obj.size, files.pointer_of(obj))
+    if fv.lfs is not None:
+        view["lfs"] = {"oid": fv.lfs.oid, "stored": files.stored(session, request.app.state.blobs, repo, fv)}
+    if fv.lfs is not None and view["lfs"]["stored"]:
+        view["size"] = fv.lfs.size
+        view["kind"] = "image" if filename.lower().endswith(_IMAGE_EXTS) else "lfs"
+    elif filename.lower().endswith(_IMAGE_EXTS):
         view["kind"] = "image"
     elif obj.size > MAX_HIGHLIGHT_BYTES:
         view["kind"] = "large"

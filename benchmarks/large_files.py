@@ -1,0 +1,256 @@
+"""Large files through the server, against a plain static download of the same bytes in the same run.
+
+One server process (`benchmarks/_bench_app.py`: the OpenSci app plus a Starlette FileResponse route,
+SQLite, its own OPENSCI_HOME) serves everything:
+
+1. baseline: the file downloaded as a plain static file (`GET /bench-static/…`) with curl to a file;
+2. `opensci upload` (the SDK's chunk protocol, the code path of the CLI) of the new file;
+3. the stored file downloaded through the raw endpoint (content from the blob store) the same way;
+4. `opensci upload` of a copy with 1 MiB rewritten in the middle: bytes sent, time, pack growth;
+5. a Git LFS PUT of the file (what `git lfs` and Hugging Face clients do), and its pack growth;
+6. a 1 MiB HTTP Range read from the middle of the stored file (remote Parquet reads).
+
+Targets (issue 3): download >= 0.8x static; upload >= 0.5x the static download; re-upload bytes
+<= 1 % and time <= 10 % of the first upload; storage growth <= 2 % of the file, whichever client.
+
+Run: `.venv/bin/python benchmarks/large_files.py [--size 1G] [--runs 3] [--workers 4]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._server import BIN, free_port, wait_healthy  # noqa: E402
+from benchmarks.storage_throughput import parse_size  # noqa: E402
+
+from opensci.client import Client  # noqa: E402
+
+BLOCK = 8 * 1024 * 1024
+EDIT = 1024 * 1024
+LFS = {"Accept": "application/vnd.git-lfs+json", "Content-Type": "application/vnd.git-lfs+json"}
+
+
+def write_random(path: Path, size: int, seed: int) -> None:
+    rng = random.Random(seed)
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(BLOCK, left)
+            f.write(rng.randbytes(n))
+            left -= n
+
+
+def edited_copy(src: Path, dst: Path) -> None:
+    shutil.copyfile(src, dst)
+    with open(dst, "r+b") as f:
+        f.seek(src.stat().st_size // 2)
+        f.write(random.Random(7).randbytes(EDIT))
+
+
+def pack_bytes(home: Path) -> int:
+    return sum(p.stat().st_size for p in (home / "blobs" / "packs").glob("*.pack"))
+
+
+def curl(url: str, token: str, out: Path, *extra: str) -> tuple[int, float]:
+    """(bytes, seconds) of a download with curl into `out` (then removed)."""
+    words = subprocess.run(
+        [
+            "curl",
+            "-s",
+            "-f",
+            "-o",
+            str(out),
+            "-H",
+            f"Authorization: Bearer {token}",
+            *extra,
+            "-w",
+            "%{size_download} %{time_total}",
+            url,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    out.unlink()
+    return int(words[0]), float(words[1])
+
+
+def timed(fn) -> tuple[float, object]:  # type: ignore[no-untyped-def]
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", default="1G")
+    ap.add_argument("--runs", type=int, default=3, help="downloads per figure (median)")
+    ap.add_argument("--workers", type=int, default=4, help="parallel chunk batches of the upload")
+    args = ap.parse_args()
+    size = parse_size(args.size)
+    work = Path(tempfile.mkdtemp(prefix="opensci-bench-large-"))
+    try:
+        run(work, size, args.runs, args.workers)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(work: Path, size: int, runs: int, workers: int) -> None:
+    home, static = work / "home", work / "static"
+    static.mkdir()
+    v1, v2, v3, v4 = static / "v1.bin", work / "v2.bin", work / "v3.bin", work / "v4.bin"
+    print(f"writing {size / 2**20:.0f} MiB of random data …", flush=True)
+    write_random(v1, size, 2024)
+    edited_copy(v1, v2)
+    write_random(v3, size, 99)
+    edited_copy(v3, v4)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "OPENSCI_HOME": str(home),
+        "OPENSCI_BASE_URL": url,
+        "OPENSCI_LOG_LEVEL": "warning",
+        "OPENSCI_BENCH_STATIC_DIR": str(static),
+    }
+
+    def opensci(*a: str) -> str:
+        return subprocess.run(
+            [str(BIN / "opensci"), *a], env=env, check=True, capture_output=True, text=True
+        ).stdout
+
+    opensci("demo", "seed")
+    token = opensci("token", "create", "--user", "admin", "--scope", "write").strip().splitlines()[-1]
+    proc = subprocess.Popen(
+        [
+            str(BIN / "uvicorn"),
+            "--factory",
+            "benchmarks._bench_app:make_app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        env=env,
+        cwd=ROOT,
+    )
+    out = work / "download.bin"
+    try:
+        wait_healthy(url)
+        static_url = f"{url}/bench-static/v1.bin"
+        stored_url = f"{url}/api/v1/repos/admin/big/raw/main/data.bin"
+        curl(static_url, token, out)  # warm-up (page cache, first-request costs)
+        t_static = statistics.median(curl(static_url, token, out)[1] for _ in range(runs))
+
+        with Client(url, token, timeout=600) as client:
+            client.create_repo("admin/big", kind="dataset")
+            packs0 = pack_bytes(home)
+            t_up1, first = timed(
+                lambda: client.upload_with_result("admin/big", v1, "data.bin", workers=workers)
+            )
+            packs1 = pack_bytes(home)
+            n, _ = curl(stored_url, token, out)  # warm-up
+            assert n == size, n
+            t_stored = statistics.median(curl(stored_url, token, out)[1] for _ in range(runs))
+            t_up2, second = timed(
+                lambda: client.upload_with_result("admin/big", v2, "data.bin", workers=workers)
+            )
+            packs2 = pack_bytes(home)
+
+        mid = size // 2
+        rng = ("-H", f"Range: bytes={mid}-{mid + 2**20 - 1}")
+        t_range = statistics.median(curl(stored_url, token, out, *rng)[1] for _ in range(5))
+
+        # Git LFS: PUTs of another new file, then of its edited copy (what git lfs or hf clients send).
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=600) as c:
+            timings, growth = [], []
+            for path in (v3, v4):
+                data_oid = hashlib.sha256(path.read_bytes()).hexdigest()
+                batch = c.post(
+                    "/datasets/admin/big.git/info/lfs/objects/batch",
+                    headers=LFS,
+                    json={"operation": "upload", "objects": [{"oid": data_oid, "size": size}]},
+                ).json()
+                href = batch["objects"][0]["actions"]["upload"]["href"]
+                before = pack_bytes(home)
+                with open(path, "rb") as f:
+                    t, r = timed(
+                        lambda f=f, href=href: httpx.put(
+                            href,
+                            content=iter(lambda: f.read(BLOCK), b""),
+                            timeout=600,
+                            headers={"Content-Length": str(size)},
+                        )
+                    )
+                assert r.status_code == 200, r.text  # type: ignore[attr-defined]
+                timings.append(t)
+                growth.append(pack_bytes(home) - before)
+            t_lfs, lfs_growth = timings[0], growth[1]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+    mb = size / 1e6
+    static_mbs, stored_mbs, up_mbs = mb / t_static, mb / t_stored, mb / t_up1
+    print(
+        f"\nfile: {size:,} bytes; downloads: curl to a file, median of {runs}; upload: SDK, {workers} workers"
+    )
+    print(f"{'static download (baseline)':38} {t_static:7.2f} s {static_mbs:7.0f} MB/s")
+    print(f"{'stored download (raw, blob store)':38} {t_stored:7.2f} s {stored_mbs:7.0f} MB/s")
+    print(
+        f"{'opensci upload, new file':38} {t_up1:7.2f} s {up_mbs:7.0f} MB/s  "
+        f"sent {first.bytes_sent / size:.1%}, packs +{(packs1 - packs0) / size:.1%}"
+    )
+    print(f"{'opensci upload, 1 MiB edited':38} {t_up2:7.2f} s {mb / t_up2:7.0f} MB/s")
+    print(f"{'git-lfs PUT, new file':38} {t_lfs:7.2f} s {mb / t_lfs:7.0f} MB/s")
+    print(f"{'1 MiB Range read mid-file':38} {t_range * 1000:7.1f} ms\n")
+    rows = [
+        (
+            "download stored / static",
+            f"{stored_mbs / static_mbs:.2f}x",
+            ">= 0.8x",
+            stored_mbs / static_mbs >= 0.8,
+        ),
+        ("upload / static download", f"{up_mbs / static_mbs:.2f}x", ">= 0.5x", up_mbs / static_mbs >= 0.5),
+        (
+            "re-upload bytes sent",
+            f"{second.bytes_sent / size:.2%}",
+            "<= 1 %",
+            second.bytes_sent / size <= 0.01,
+        ),
+        ("re-upload time / first upload", f"{t_up2 / t_up1:.1%}", "<= 10 %", t_up2 / t_up1 <= 0.10),
+        (
+            "storage growth, SDK re-upload",
+            f"{(packs2 - packs1) / size:.2%}",
+            "<= 2 %",
+            (packs2 - packs1) / size <= 0.02,
+        ),
+        (
+            "storage growth, git-lfs PUT of an edit",
+            f"{lfs_growth / size:.2%}",
+            "<= 2 %",
+            lfs_growth / size <= 0.02,
+        ),
+    ]
+    for label, value, target, ok in rows:
+        print(f"{label:38} {value:>10}   target {target:8} {'ok' if ok else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,293 @@
+"""The client side of the chunk upload protocol: send only the chunks of a file the server lacks.
+
+A file is cut into content-defined chunks with the parameters of the server's blob store (FastCDC 2020,
+min 16 / avg 64 / max 256 KiB, normalized chunking 2: they must agree, or nothing deduplicates; a test
+compares the two), each named by its sha256. The client asks the repository which chunks it lacks,
+sends those in batches from several threads, then asks the server to assemble the file from its chunks
+(`/uploads/objects`); the commit names the file by its sha256 as a Git LFS pointer. A run after an
+interruption asks again, so only what is still missing is sent: uploads resume by construction.
+
+Memory stays small whatever the file's size: the file is read in blocks of a few MiB and batches are
+streamed from disk while they are sent. This module needs httpx and pyfastcdc, nothing of the server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+from pyfastcdc import FastCDC
+
+from opensci.client.errors import TransferError, ValidationError
+
+if TYPE_CHECKING:
+    from opensci.client.client import Client
+
+# The server's chunking parameters (opensci.storage.chunking), repeated: the SDK imports no server code.
+MIN_SIZE = 16 * 1024
+AVG_SIZE = 64 * 1024
+MAX_SIZE = 256 * 1024
+NORMALIZATION = 2
+
+READ_BLOCK = 2 * 1024 * 1024  # bytes read at a time while chunking
+CHUNKED_MIN_BYTES = 1024 * 1024  # files larger than this are uploaded as chunks
+BATCH_BYTES = 16 * 1024 * 1024  # chunk bytes per request (the server takes up to 64 MiB)
+MISSING_BATCH = 50_000  # chunk hashes per `missing` question (the server takes up to 100,000)
+WORKERS = 4  # batches in flight at once
+FRAME = struct.Struct(">32sI")  # a chunk's frame in a batch: sha256, length of the bytes that follow
+
+Hashed = Callable[[int], None]
+"""Called with the number of bytes just hashed."""
+Sent = Callable[[int, int], None]
+"""Called after each batch with (bytes of the file it completes, bytes that went over the wire)."""
+
+
+@dataclass(frozen=True)
+class FileChunks:
+    """A local file cut into chunks: its sha256 and size, and each chunk's hash, offset and length."""
+
+    path: Path
+    oid: str
+    size: int
+    hashes: list[str]
+    offsets: list[int]
+    lengths: list[int]
+
+    def unique(self) -> list[str]:
+        """The distinct chunk hashes, in order of first appearance."""
+        return list(dict.fromkeys(self.hashes))
+
+
+def new_chunker() -> FastCDC:
+    return FastCDC(AVG_SIZE, min_size=MIN_SIZE, max_size=MAX_SIZE, normalized_chunking=NORMALIZATION)
+
+
+def _readinto_full(fh: object, view: memoryview) -> int:
+    """Fill `view` from the file; fewer bytes only at its end."""
+    got = 0
+    while got < len(view):
+        n = fh.readinto(view[got:])  # type: ignore[attr-defined]
+        if not n:
+            break
+        got += n
+    return got
+
+
+def _whole_sha256(path: Path, result: dict[str, object]) -> None:
+    """sha256 and size of a file, read with a buffer of its own (run on a second thread: hashlib
+    releases the GIL, so the file's hash and its chunks' hashes use two cores)."""
+    h = hashlib.sha256()
+    size = 0
+    buf = bytearray(1024 * 1024)
+    view = memoryview(buf)
+    try:
+        with open(path, "rb", buffering=0) as fh:
+            while n := _readinto_full(fh, view):
+                h.update(view[:n])
+                size += n
+        result["oid"], result["size"] = h.hexdigest(), size
+    except BaseException as exc:  # re-raised by the caller
+        result["error"] = exc
+
+
+def chunk_file(path: Path, on_hashed: Hashed | None = None) -> FileChunks:
+    """Cut a file into chunks exactly as the server's blob store does, and hash them and the file.
+
+    Boundaries equal `FastCDC.cut_stream`'s: a cut is taken only once MAX_SIZE bytes follow the chunk's
+    start or the file has ended, so reading in blocks changes nothing."""
+    whole: dict[str, object] = {}
+    thread = threading.Thread(target=_whole_sha256, args=(path, whole), name="opensci-sha256", daemon=True)
+    thread.start()
+    cdc = new_chunker()
+    hashes: list[str] = []
+    offsets: list[int] = []
+    lengths: list[int] = []
+    buf = bytearray(READ_BLOCK + MAX_SIZE)
+    view = memoryview(buf)
+    base = 0  # file offset of buf[0]
+    carry = 0  # bytes at the start of buf left from the previous block
+    try:
+        with open(path, "rb", buffering=0) as fh:
+            while True:
+                n = _readinto_full(fh, view[carry : carry + READ_BLOCK])
+                eof = n < READ_BLOCK
+                end = carry + n
+                data = view[:end]
+                used = 0
+                for ch in cdc.cut_buf(data):
+                    if not eof and ch.offset + MAX_SIZE > end:
+                        break
+                    piece = data[ch.offset : ch.offset + ch.length]
+                    hashes.append(hashlib.sha256(piece).hexdigest())
+                    offsets.append(base + ch.offset)
+                    lengths.append(ch.length)
+                    used = ch.offset + ch.length
+                if on_hashed is not None and used:
+                    on_hashed(used)
+                if eof:
+                    break
+                buf[: end - used] = buf[used:end]
+                base += used
+                carry = end - used
+    finally:
+        thread.join()
+    if "error" in whole:
+        raise whole["error"]  # type: ignore[misc]
+    size = sum(lengths)
+    if whole["size"] != size:
+        raise TransferError(f"{path} changed while it was being read; upload it again")
+    return FileChunks(path, str(whole["oid"]), size, hashes, offsets, lengths)
+
+
+# --- the protocol ----------------------------------------------------------------------------------------
+
+
+def ask_missing(client: Client, repo: str, hashes: list[str]) -> set[str]:
+    """The hashes among `hashes` the repository's server lacks (asked in batches)."""
+    url = client.api_path(repo, "uploads", "chunks", "missing")
+    missing: set[str] = set()
+    for i in range(0, len(hashes), MISSING_BATCH):
+        reply = client.request("POST", url, json={"chunks": hashes[i : i + MISSING_BATCH]})
+        missing.update(reply.json()["missing"])
+    return missing
+
+
+@dataclass
+class _Batch:
+    entries: list[tuple[str, int, int]] = field(default_factory=list)  # hash, offset, length
+    file_bytes: int = 0  # bytes of the file these chunks complete (every occurrence of each)
+
+    @property
+    def body_length(self) -> int:
+        return sum(FRAME.size + length for _, _, length in self.entries)
+
+
+def _batches(fc: FileChunks, wanted: set[str], limit: int) -> list[_Batch]:
+    """The wanted chunks (each once, at its first occurrence) grouped into batches of about `limit`."""
+    occurrences: dict[str, int] = {}
+    first: dict[str, tuple[int, int]] = {}
+    for h, off, length in zip(fc.hashes, fc.offsets, fc.lengths, strict=True):
+        if h in wanted:
+            occurrences[h] = occurrences.get(h, 0) + length
+            first.setdefault(h, (off, length))
+    out: list[_Batch] = []
+    current = _Batch()
+    size = 0
+    for h, (off, length) in first.items():
+        if current.entries and size + length > limit:
+            out.append(current)
+            current, size = _Batch(), 0
+        current.entries.append((h, off, length))
+        current.file_bytes += occurrences[h]
+        size += length
+    if current.entries:
+        out.append(current)
+    return out
+
+
+def _frames(path: Path, batch: _Batch) -> Iterator[bytes]:
+    """A batch's body, read from the file while it is sent."""
+    with open(path, "rb", buffering=0) as fh:
+        fd = fh.fileno()
+        for h, off, length in batch.entries:
+            data = os.pread(fd, length, off)
+            if len(data) != length:
+                raise TransferError(f"{path} shrank while it was being uploaded; upload it again")
+            yield FRAME.pack(bytes.fromhex(h), length)
+            yield data
+
+
+def send_chunks(
+    client: Client,
+    repo: str,
+    fc: FileChunks,
+    wanted: set[str],
+    *,
+    workers: int = WORKERS,
+    batch_bytes: int | None = None,
+    on_sent: Sent | None = None,
+) -> int:
+    """Send the `wanted` chunks of a file in parallel batches; returns the bytes sent (frames included).
+    A failure (or a callback raising) stops the batches not started yet and is raised."""
+    url = client.api_path(repo, "uploads", "chunks")
+    batches = _batches(fc, wanted, batch_bytes or BATCH_BYTES)
+    lock = threading.Lock()
+    sent = [0]
+    stop = threading.Event()
+    timeout = httpx.Timeout(client.timeout, read=max(client.timeout, 300.0))
+
+    def one(batch: _Batch) -> None:
+        if stop.is_set():
+            return
+        length = batch.body_length
+        client.request(
+            "POST",
+            url,
+            content=_frames(fc.path, batch),
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(length)},
+            timeout=timeout,
+        )
+        with lock:
+            sent[0] += length
+            if on_sent is not None:
+                on_sent(batch.file_bytes, length)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="opensci-upload") as pool:
+        futures = [pool.submit(one, b) for b in batches]
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in done if f.exception() is not None]
+        if failed:
+            stop.set()
+            for f in pending:
+                f.cancel()
+            wait(pending)
+            raise failed[0].exception()  # type: ignore[misc]
+    return sent[0]
+
+
+def commit_object(client: Client, repo: str, fc: FileChunks) -> None:
+    """Ask the server to assemble the file from its stored chunks (and the repository to hold it)."""
+    url = client.api_path(repo, "uploads", "objects")
+    timeout = httpx.Timeout(client.timeout, read=max(client.timeout, 600.0))
+    client.request("POST", url, json={"oid": fc.oid, "size": fc.size, "chunks": fc.hashes}, timeout=timeout)
+
+
+def upload_file(
+    client: Client,
+    repo: str,
+    fc: FileChunks,
+    *,
+    workers: int = WORKERS,
+    batch_bytes: int | None = None,
+    on_sent: Sent | None = None,
+) -> int:
+    """Upload a chunked file to a repository: ask, send what is missing, assemble. Returns bytes sent.
+
+    `on_sent` first gets the bytes the server already has (with 0 sent), then one call per batch; the
+    file bytes it reports add up to the file's size."""
+    unique = fc.unique()
+    missing = ask_missing(client, repo, unique)
+    if on_sent is not None:
+        pending = sum(n for h, n in zip(fc.hashes, fc.lengths, strict=True) if h in missing)
+        on_sent(fc.size - pending, 0)
+    sent = send_chunks(client, repo, fc, missing, workers=workers, batch_bytes=batch_bytes, on_sent=on_sent)
+    for _ in range(3):
+        try:
+            commit_object(client, repo, fc)
+            return sent
+        except ValidationError as exc:
+            if exc.code != "missing_chunks":
+                raise
+        # Collected between our question and the manifest (garbage collection): send them again.
+        again = ask_missing(client, repo, unique)
+        sent += send_chunks(client, repo, fc, again, workers=workers, batch_bytes=batch_bytes)
+    commit_object(client, repo, fc)
+    return sent

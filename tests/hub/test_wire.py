@@ -1,0 +1,150 @@
+"""Wire details the Hub clients depend on, checked in-process: raw-path revisions, error headers, Link
+pagination, resolve headers, and the streaming NDJSON reader."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from opensci.errors import InvalidInput
+from opensci.hub import api as hub_api
+from opensci.hub.ndjson import NdjsonReader
+from tests.conftest import Account
+
+
+def _commit(client: TestClient, who: Account, repo: str, rev: str, files: dict[str, bytes]) -> str:
+    lines = [{"key": "header", "value": {"summary": "add"}}] + [
+        {"key": "file", "value": {"path": p, "content": base64.b64encode(c).decode(), "encoding": "base64"}}
+        for p, c in files.items()
+    ]
+    body = b"".join(json.dumps(x).encode() + b"\n" for x in lines)
+    r = client.post(f"/api/models/{repo}/commit/{rev}", content=body, headers=who.headers)
+    assert r.status_code == 200, r.text
+    return r.json()["commitOid"]
+
+
+@pytest.fixture
+def repo(client: TestClient, alice: Account) -> str:
+    r = client.post("/api/repos/create", json={"name": "wire", "organization": None}, headers=alice.headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["url"] == "http://testserver/alice/wire"
+    return "alice/wire"
+
+
+def test_create_conflict_carries_the_url(client: TestClient, alice: Account, repo: str) -> None:
+    r = client.post("/api/repos/create", json={"name": "wire"}, headers=alice.headers)
+    assert r.status_code == 409 and r.json()["url"] == "http://testserver/alice/wire"
+    r = client.post("/api/repos/create", json={"name": "wire", "type": "dataset"}, headers=alice.headers)
+    assert r.status_code == 409 and "url" not in r.json()  # another kind: not "already yours"
+
+
+def test_revisions_with_slashes_come_from_the_raw_path(client: TestClient, alice: Account, repo: str) -> None:
+    r = client.post(f"/api/models/{repo}/branch/feat%2Fx", json={}, headers=alice.headers)
+    assert r.status_code == 200, r.text
+    sha = _commit(client, alice, repo, "feat%2Fx", {"dir/a.txt": b"a"})
+    r = client.get(f"/api/models/{repo}/tree/feat%2Fx/dir", headers=alice.headers)
+    assert [e["path"] for e in r.json()] == ["dir/a.txt"]
+    r = client.get(f"/api/models/{repo}/revision/feat%2Fx")
+    assert r.json()["sha"] == sha and r.json()["lastModified"].endswith("Z")
+    r = client.head("/alice/wire/resolve/feat%2Fx/dir/a.txt")
+    assert r.status_code == 200 and r.headers["x-repo-commit"] == sha and r.headers["etag"]
+    assert "x-xet-hash" not in r.headers
+    r = client.get(f"/alice/wire/resolve/{sha}/dir/a.txt", headers={"Range": "bytes=0-0"})
+    assert r.status_code == 206 and r.content == b"a"
+
+
+def test_errors_carry_the_client_codes(client: TestClient, alice: Account, bob: Account, repo: str) -> None:
+    r = client.head("/alice/wire/resolve/main/nope.txt")
+    assert r.status_code == 404 and r.headers["x-error-code"] == "EntryNotFound"
+    assert len(r.headers["x-repo-commit"]) == 40
+    r = client.get(f"/api/models/{repo}/tree/nope")
+    assert r.status_code == 404 and r.headers["x-error-code"] == "RevisionNotFound"
+    r = client.get(f"/api/models/{repo}/tree/main/nope")
+    assert r.status_code == 404 and r.headers["x-error-code"] == "EntryNotFound"
+    assert set(r.json()) == {"error", "message"}
+    r = client.get("/api/datasets/alice/wire")  # a model is not a dataset
+    assert r.status_code == 401 and r.headers["x-error-code"] == "RepoNotFound"
+    r = client.get("/api/datasets/alice/wire", headers=bob.headers)
+    assert r.status_code == 404 and r.headers["x-error-code"] == "RepoNotFound"
+    r = client.get("/api/models/alice/wire", headers={"Authorization": "Bearer wrong"})
+    assert (
+        r.status_code == 401 and r.headers["x-error-message"] == "Invalid credentials in Authorization header"
+    )
+    assert "x-error-code" not in r.headers
+    r = client.get(f"/api/models/{repo}/xet-write-token/main", headers=alice.headers)
+    assert r.status_code == 501
+    assert r.headers["x-error-message"] == (
+        "set HF_HUB_DISABLE_XET=1 to upload files larger than 1 MB to this server"
+    )
+
+
+def test_link_pagination_keeps_the_query(
+    client: TestClient, alice: Account, repo: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hub_api, "TREE_PAGE_SIZE", 2)
+    _commit(client, alice, repo, "main", {f"d/{i}.txt": b"x" for i in range(3)})
+    url, seen = f"/api/models/{repo}/tree/main?recursive=true", []
+    while url:
+        r = client.get(url)
+        seen += [e["path"] for e in r.json()]
+        link = r.headers.get("link")
+        assert link is None or ("recursive=true" in link and link.startswith("<http://testserver/"))
+        url = link[1 : link.index(">")] if link else ""
+    assert sorted(seen) == [".gitattributes", "d", "d/0.txt", "d/1.txt", "d/2.txt"], seen
+
+
+def test_preupload_modes(client: TestClient, alice: Account, repo: str) -> None:
+    files = [
+        {"path": "small.txt", "size": 10, "sample": ""},
+        {"path": "big.bin", "size": 2_000_000, "sample": ""},
+        {"path": "logs/x.log", "size": 1, "sample": ""},
+        {"path": ".gitattributes", "size": 1, "sample": ""},
+    ]
+    r = client.post(
+        f"/api/models/{repo}/preupload/main",
+        json={"files": files, "gitIgnore": "logs/\n"},
+        headers=alice.headers,
+    )
+    assert r.status_code == 200, r.text
+    modes = {f["path"]: (f["uploadMode"], f["shouldIgnore"], f["oid"]) for f in r.json()["files"]}
+    assert modes["small.txt"] == ("regular", False, None) and modes["big.bin"][0] == "lfs"
+    assert modes["logs/x.log"][1] is True and len(modes[".gitattributes"][2]) == 40
+    assert "HF_HUB_DISABLE_XET=1" in r.headers["x-hf-warning"]
+
+
+def _feed(data: bytes, tmp: Path, step: int, spool_over: int = 300) -> list[dict]:
+    reader = NdjsonReader(tmp, spool_over=spool_over)
+    for i in range(0, len(data), step):
+        reader.feed(data[i : i + step])
+    return reader.close()
+
+
+@pytest.mark.parametrize("step", [1, 7, 100, 1000])
+def test_ndjson_reader_spools_big_contents_to_files(tmp_path: Path, step: int) -> None:
+    big = bytes(range(256)) * 40
+    lines = [
+        {"key": "header", "value": {"summary": "s"}},
+        {
+            "key": "file",
+            "value": {"content": base64.b64encode(big).decode(), "path": "big", "encoding": "base64"},
+        },
+        {"key": "file", "value": {"path": "small", "content": "eA==", "encoding": "base64"}},
+        {"key": "deletedFile", "value": {"path": "gone"}},
+    ]
+    body = b"".join(json.dumps(x).replace("/", "\\/").encode() + b"\n" for x in lines)
+    items = _feed(body.rstrip(b"\n"), tmp_path, step)
+    assert [i["key"] for i in items] == ["header", "file", "file", "deletedFile"]
+    spooled = items[1]["value"]
+    assert spooled["path"] == "big" and spooled["content"] == "" and spooled["_file"].read_bytes() == big
+    assert items[2]["value"]["content"] == "eA==" and "_file" not in items[2]["value"]
+
+
+def test_ndjson_reader_refuses_garbage(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput):
+        _feed(b'{"key": "header"}\nnot json\n', tmp_path, 5)
+    with pytest.raises(InvalidInput):
+        _feed(b'{"key": "file", "value": {"content": "' + b"!" * 400 + b'"}}\n', tmp_path, 50)
