@@ -3,7 +3,8 @@
 One server process (`benchmarks/_bench_app.py`: the OpenSci app plus a Starlette FileResponse route,
 SQLite, its own OPENSCI_HOME) serves everything:
 
-1. baseline: the file downloaded as a plain static file (`GET /bench-static/…`) with curl to a file;
+1. baselines: the file downloaded as a plain static file (`GET /bench-static/…`) with curl to a file;
+   and a copy of the file with fsync, the most a durable upload can do on this disk;
 2. `opensci upload` (the SDK's chunk protocol, the code path of the CLI) of the new file;
 3. the stored file downloaded through the raw endpoint (content from the blob store) the same way;
 4. `opensci upload` of a copy with 1 MiB rewritten in the middle: bytes sent, time, pack growth;
@@ -90,6 +91,19 @@ def curl(url: str, token: str, out: Path, *extra: str) -> tuple[int, float]:
     return int(words[0]), float(words[1])
 
 
+def copy_fsync(src: Path, dst: Path) -> float:
+    """Seconds to copy a file and fsync the copy: what the disk allows a durable upload at best."""
+    start = time.perf_counter()
+    with open(src, "rb") as f, open(dst, "wb") as out:
+        while block := f.read(BLOCK):
+            out.write(block)
+        out.flush()
+        os.fsync(out.fileno())
+    seconds = time.perf_counter() - start
+    dst.unlink()
+    return seconds
+
+
 def timed(fn) -> tuple[float, object]:  # type: ignore[no-untyped-def]
     start = time.perf_counter()
     result = fn()
@@ -119,6 +133,7 @@ def run(work: Path, size: int, runs: int, workers: int) -> None:
     edited_copy(v1, v2)
     write_random(v3, size, 99)
     edited_copy(v3, v4)
+    t_disk = copy_fsync(v1, work / "copy.bin")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
@@ -212,6 +227,7 @@ def run(work: Path, size: int, runs: int, workers: int) -> None:
         f"\nfile: {size:,} bytes; downloads: curl to a file, median of {runs}; upload: SDK, {workers} workers"
     )
     print(f"{'static download (baseline)':38} {t_static:7.2f} s {static_mbs:7.0f} MB/s")
+    print(f"{'disk: copy + fsync (write ceiling)':38} {t_disk:7.2f} s {mb / t_disk:7.0f} MB/s")
     print(f"{'stored download (raw, blob store)':38} {t_stored:7.2f} s {stored_mbs:7.0f} MB/s")
     print(
         f"{'opensci upload, new file':38} {t_up1:7.2f} s {up_mbs:7.0f} MB/s  "

@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     lfs_threshold_bytes: int = Field(
         10 * 1024**2,
         ge=0,
-        description="Files larger than this, committed through the web, the REST API or the Hub API, are "
+        description="Files larger than this, committed through the REST API or the Hub API, are "
         "stored in the blob store (deduplicated) and committed as Git LFS pointers.",
     )
     lfs_link_seconds: int = Field(

@@ -4,6 +4,7 @@ batch API's rules spoken directly: permissions as git's, signed links, Range, ba
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from pathlib import Path
 
@@ -294,3 +295,66 @@ def test_a_push_of_pointers_to_content_never_uploaded_is_refused(
     git("push", "origin", "HEAD:main", cwd=work)
     with api(live_server, alice) as c:
         assert c.get("/repos/alice/ptr/raw/main/real.bin").content == held
+
+
+class _RemoteFile(io.RawIOBase):
+    """A seekable file over HTTP Range requests: how remote Parquet readers see a URL."""
+
+    def __init__(self, url: str, headers: dict[str, str]) -> None:
+        self.url, self.headers, self.pos, self.fetched = url, headers, 0, 0
+        head = httpx.head(url, headers=headers)
+        assert head.headers["accept-ranges"] == "bytes"
+        self.size = int(head.headers["content-length"])
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self.pos = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence] + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        n = min(len(buffer), self.size - self.pos)
+        if n <= 0:
+            return 0
+        r = httpx.get(self.url, headers={**self.headers, "Range": f"bytes={self.pos}-{self.pos + n - 1}"})
+        assert r.status_code == 206
+        buffer[: len(r.content)] = r.content
+        self.pos += len(r.content)
+        self.fetched += len(r.content)
+        return len(r.content)
+
+
+def test_remote_parquet_reads_fetch_only_what_they_need(live_server: LiveServer, alice: Account) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    n = 400_000
+    table = pa.table({"ra": [i * 0.001 for i in range(n)], "blob": [os.urandom(16).hex() for _ in range(n)]})
+    sink = io.BytesIO()
+    pq.write_table(table, sink, row_group_size=50_000, compression="none")
+    data = sink.getvalue()
+    assert len(data) > 10 * 1024 * 1024  # larger than the LFS threshold: stored in the blob store
+    create_repo(live_server, alice, "catalog", kind="dataset", private=True)
+    with api(live_server, alice) as c:
+        r = c.post(
+            "/repos/alice/catalog/commits",
+            data={"message": "catalog"},
+            files=[("files", ("data/catalog.parquet", data))],
+        )
+        assert r.status_code == 201, r.text
+        entry = c.get("/repos/alice/catalog/tree/main/data").json()["entries"][0]
+        assert entry["lfs"] is not None
+    remote = _RemoteFile(
+        f"{live_server.url}/api/v1/repos/alice/catalog/raw/main/data/catalog.parquet", alice.headers
+    )
+    pf = pq.ParquetFile(remote)
+    assert pf.metadata.num_rows == n
+    ra = pf.read_row_group(3, columns=["ra"]).column("ra").to_pylist()
+    assert ra[0] == pytest.approx(150_000 * 0.001)
+    assert remote.fetched < len(data) / 4  # the footer and one column chunk, not the file

@@ -5,18 +5,23 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Callable
+from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 from fastapi import FastAPI
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from opensci.accounts.permissions import Actor
 from opensci.cli.main import app as cli
+from opensci.db.base import utcnow
 from opensci.repos import service
 from opensci.repos.gitstore import GitStore, Upload
 from opensci.repos.models import Repository
 from opensci.settings import Settings
+from opensci.storage import files, quota
+from opensci.storage.models import RepoObject
 from opensci.storage.pointers import parse_pointer
 from opensci.storage.references import referenced_lfs_oids
 from opensci.storage.store import BlobStore
@@ -158,3 +163,34 @@ def test_gc_command_keeps_what_repositories_reference(
     assert result.exit_code == 1
     assert "nothing was collected" in result.output
     assert store.has(oid(kept))
+
+
+def test_gc_returns_uploads_never_committed_to_the_owners_quota(
+    app: FastAPI, alice: Account, cli_env: Settings, make_store: Callable[..., BlobStore]
+) -> None:
+    runner = CliRunner()
+    store = make_store()
+    gitstore: GitStore = app.state.store
+    committed, abandoned = random_bytes(300_000, 70), random_bytes(300_000, 71)
+    with app.state.db.session() as session:
+        actor = Actor.for_user(session, alice.user)
+        repo = service.create_repo(actor, session, gitstore, name="held", kind="dataset")
+        infos = [store.put(io.BytesIO(data)) for data in (committed, abandoned)]
+        for info in infos:  # both uploaded to the repository: held, counted
+            files.hold_object(session, app.state.settings, repo, info.oid, info.size)
+        session.commit()
+        commit(session, gitstore, actor, repo, {"data.bin": pointer(committed)})
+        assert quota.usage(session, app.state.settings, repo.owner_id).used_bytes == 600_000
+    store.close()
+    backdate(store.db, 2 * DAY)
+    with app.state.db.session() as session:
+        session.execute(sa.update(RepoObject).values(created_at=utcnow() - timedelta(days=2)))
+        session.commit()
+
+    result = runner.invoke(cli, ["storage", "gc", "--grace", "3600"])
+    assert result.exit_code == 0, result.output
+    assert "released 1 unreferenced objects from quotas" in result.output
+    with app.state.db.session() as session:
+        assert quota.usage(session, app.state.settings, repo.owner_id).used_bytes == 300_000
+        assert files.held_oids(session, repo.id) == [oid(committed)]
+    assert not store.has(oid(abandoned)) and store.has(oid(committed))

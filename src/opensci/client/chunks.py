@@ -18,7 +18,7 @@ import os
 import struct
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -98,53 +98,88 @@ def _whole_sha256(path: Path, result: dict[str, object]) -> None:
         result["error"] = exc
 
 
-def chunk_file(path: Path, on_hashed: Hashed | None = None) -> FileChunks:
-    """Cut a file into chunks exactly as the server's blob store does, and hash them and the file.
+class _Cutter:
+    """Cuts a file into chunks exactly as the server's blob store does, block by block, while a second
+    thread hashes the whole file (hashlib releases the GIL: two cores). Iterate for the chunks, as
+    (hash, offset, length) lists; then `finish()` gives the file's sha256 and size.
 
     Boundaries equal `FastCDC.cut_stream`'s: a cut is taken only once MAX_SIZE bytes follow the chunk's
     start or the file has ended, so reading in blocks changes nothing."""
-    whole: dict[str, object] = {}
-    thread = threading.Thread(target=_whole_sha256, args=(path, whole), name="opensci-sha256", daemon=True)
-    thread.start()
-    cdc = new_chunker()
-    hashes: list[str] = []
-    offsets: list[int] = []
-    lengths: list[int] = []
-    buf = bytearray(READ_BLOCK + MAX_SIZE)
-    view = memoryview(buf)
-    base = 0  # file offset of buf[0]
-    carry = 0  # bytes at the start of buf left from the previous block
-    try:
-        with open(path, "rb", buffering=0) as fh:
+
+    def __init__(self, path: Path, on_hashed: Hashed | None = None) -> None:
+        self.path = path
+        self.on_hashed = on_hashed
+        self._whole: dict[str, object] = {}
+        self._thread = threading.Thread(
+            target=_whole_sha256, args=(path, self._whole), name="opensci-sha256", daemon=True
+        )
+        self.size = 0
+        self.hashes: list[str] = []
+        self.offsets: list[int] = []
+        self.lengths: list[int] = []
+
+    def __iter__(self) -> Iterator[list[tuple[str, int, int]]]:
+        self._thread.start()
+        cdc = new_chunker()
+        buf = bytearray(READ_BLOCK + MAX_SIZE)
+        view = memoryview(buf)
+        base = 0  # file offset of buf[0]
+        carry = 0  # bytes at the start of buf left from the previous block
+        with open(self.path, "rb", buffering=0) as fh:
             while True:
                 n = _readinto_full(fh, view[carry : carry + READ_BLOCK])
                 eof = n < READ_BLOCK
                 end = carry + n
                 data = view[:end]
                 used = 0
+                block: list[tuple[str, int, int]] = []
                 for ch in cdc.cut_buf(data):
                     if not eof and ch.offset + MAX_SIZE > end:
                         break
                     piece = data[ch.offset : ch.offset + ch.length]
-                    hashes.append(hashlib.sha256(piece).hexdigest())
-                    offsets.append(base + ch.offset)
-                    lengths.append(ch.length)
+                    block.append((hashlib.sha256(piece).hexdigest(), base + ch.offset, ch.length))
                     used = ch.offset + ch.length
-                if on_hashed is not None and used:
-                    on_hashed(used)
+                for h, off, length in block:
+                    self.hashes.append(h)
+                    self.offsets.append(off)
+                    self.lengths.append(length)
+                self.size += used
+                if self.on_hashed is not None and used:
+                    self.on_hashed(used)
+                if block:
+                    yield block
                 if eof:
                     break
                 buf[: end - used] = buf[used:end]
                 base += used
                 carry = end - used
+
+    def finish(self) -> FileChunks:
+        """The file's chunks and sha256, once every chunk was taken (TransferError if the file changed
+        meanwhile)."""
+        self._thread.join()
+        if "error" in self._whole:
+            raise self._whole["error"]  # type: ignore[misc]
+        if self._whole["size"] != self.size:
+            raise TransferError(f"{self.path} changed while it was being read; upload it again")
+        return FileChunks(
+            self.path, str(self._whole["oid"]), self.size, self.hashes, self.offsets, self.lengths
+        )
+
+    def abandon(self) -> None:
+        if self._thread.is_alive():
+            self._thread.join()
+
+
+def chunk_file(path: Path, on_hashed: Hashed | None = None) -> FileChunks:
+    """Cut a file into chunks exactly as the server's blob store does, and hash them and the file."""
+    cutter = _Cutter(path, on_hashed)
+    try:
+        for _ in cutter:
+            pass
     finally:
-        thread.join()
-    if "error" in whole:
-        raise whole["error"]  # type: ignore[misc]
-    size = sum(lengths)
-    if whole["size"] != size:
-        raise TransferError(f"{path} changed while it was being read; upload it again")
-    return FileChunks(path, str(whole["oid"]), size, hashes, offsets, lengths)
+        cutter.abandon()
+    return cutter.finish()
 
 
 # --- the protocol ----------------------------------------------------------------------------------------
@@ -260,34 +295,117 @@ def commit_object(client: Client, repo: str, fc: FileChunks) -> None:
     client.request("POST", url, json={"oid": fc.oid, "size": fc.size, "chunks": fc.hashes}, timeout=timeout)
 
 
-def upload_file(
+def upload_path(
     client: Client,
     repo: str,
-    fc: FileChunks,
+    path: Path,
     *,
     workers: int = WORKERS,
     batch_bytes: int | None = None,
+    on_hashed: Hashed | None = None,
     on_sent: Sent | None = None,
-) -> int:
-    """Upload a chunked file to a repository: ask, send what is missing, assemble. Returns bytes sent.
+) -> tuple[FileChunks, int]:
+    """Upload a file with the chunk protocol in one pass: the chunks of each part of the file are asked
+    about and sent while the rest is still being cut and hashed, so hashing and sending overlap; then
+    the server assembles the file. Returns the file's chunks and the bytes sent (frames included).
 
-    `on_sent` first gets the bytes the server already has (with 0 sent), then one call per batch; the
-    file bytes it reports add up to the file's size."""
-    unique = fc.unique()
-    missing = ask_missing(client, repo, unique)
-    if on_sent is not None:
-        pending = sum(n for h, n in zip(fc.hashes, fc.lengths, strict=True) if h in missing)
-        on_sent(fc.size - pending, 0)
-    sent = send_chunks(client, repo, fc, missing, workers=workers, batch_bytes=batch_bytes, on_sent=on_sent)
+    `on_sent(file_bytes, wire_bytes)`: the file bytes the server had already (with 0 sent) as each part
+    is asked about, then one call per batch sent; the file bytes add up to the file's size."""
+    limit = batch_bytes or BATCH_BYTES
+    url = client.api_path(repo, "uploads", "chunks")
+    timeout = httpx.Timeout(client.timeout, read=max(client.timeout, 300.0))
+    cutter = _Cutter(path, on_hashed)
+    asked: set[str] = set()
+    group: dict[str, tuple[int, int]] = {}  # new hashes not asked about yet → (offset, length)
+    group_bytes = 0
+    repeats = 0  # bytes of chunks seen before in this file: already on their way
+    lock = threading.Lock()
+    sent = [0]
+    slots = threading.BoundedSemaphore(max(1, workers) * 2)  # batches queued or in flight
+
+    def report(file_bytes: int, wire_bytes: int) -> None:
+        if on_sent is not None and (file_bytes or wire_bytes):
+            with lock:
+                on_sent(file_bytes, wire_bytes)
+
+    def one(batch: _Batch) -> None:
+        try:
+            client.request(
+                "POST",
+                url,
+                content=_frames(path, batch),
+                headers={
+                    "Content-Type": "application/octet-stream",
+                    "Content-Length": str(batch.body_length),
+                },
+                timeout=timeout,
+            )
+            with lock:
+                sent[0] += batch.body_length
+            report(batch.file_bytes, batch.body_length)
+        finally:
+            slots.release()
+
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="opensci-upload") as pool:
+        futures: list[Future[None]] = []
+
+        def check() -> None:
+            for f in futures:
+                if f.done() and f.exception() is not None:
+                    raise f.exception()  # type: ignore[misc]
+
+        def flush() -> None:
+            nonlocal group, group_bytes, repeats
+            missing = ask_missing(client, repo, list(group)) if group else set()
+            present = sum(n for h, (_, n) in group.items() if h not in missing) + repeats
+            report(present, 0)
+            wanted = [(h, off, n) for h, (off, n) in group.items() if h in missing]
+            group, group_bytes, repeats = {}, 0, 0
+            batch = _Batch()
+            size = 0
+            for h, off, n in wanted:
+                if batch.entries and size + n > limit:
+                    slots.acquire()
+                    futures.append(pool.submit(one, batch))
+                    batch, size = _Batch(), 0
+                batch.entries.append((h, off, n))
+                batch.file_bytes += n
+                size += n
+            if batch.entries:
+                slots.acquire()
+                futures.append(pool.submit(one, batch))
+            check()
+
+        try:
+            for block in cutter:
+                for h, off, n in block:
+                    if h in asked:
+                        repeats += n
+                        continue
+                    asked.add(h)
+                    group[h] = (off, n)
+                    group_bytes += n
+                if group_bytes >= limit:
+                    flush()
+            flush()
+            wait(futures, return_when=FIRST_EXCEPTION)
+            check()
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            cutter.abandon()
+            raise
+    fc = cutter.finish()
+    total = sent[0]
     for _ in range(3):
         try:
             commit_object(client, repo, fc)
-            return sent
+            return fc, total
         except ValidationError as exc:
             if exc.code != "missing_chunks":
                 raise
         # Collected between our question and the manifest (garbage collection): send them again.
-        again = ask_missing(client, repo, unique)
-        sent += send_chunks(client, repo, fc, again, workers=workers, batch_bytes=batch_bytes)
+        again = ask_missing(client, repo, fc.unique())
+        total += send_chunks(client, repo, fc, again, workers=workers, batch_bytes=batch_bytes)
     commit_object(client, repo, fc)
-    return sent
+    return fc, total

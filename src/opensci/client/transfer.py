@@ -190,10 +190,9 @@ def upload(
         fields.append(("parent_commit", parent_commit))
     fields += [("delete", path.strip("/")) for path in delete or []]
     for f in big:
-        fc = chunks.chunk_file(f.local, hashed)
+        fc, _ = chunks.upload_path(client, repo, f.local, workers=workers, on_hashed=hashed, on_sent=advance)
         if fc.size != f.size:
             raise TransferError(f"{f.local} changed while it was being uploaded; upload it again")
-        chunks.upload_file(client, repo, fc, workers=workers, on_sent=advance)
         pointer = {"path": f.path_in_repo, "oid": fc.oid, "size": fc.size}
         fields.append(("lfs", json.dumps(pointer)))
 
