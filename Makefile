@@ -52,6 +52,8 @@ bench: $(VENV)/.test
 	$(BIN)/python benchmarks/git_clone.py
 	$(BIN)/python benchmarks/storage_throughput.py
 	$(BIN)/python benchmarks/large_files.py
+	$(BIN)/python benchmarks/data_first_rows.py
+	$(BIN)/python benchmarks/data_sql.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

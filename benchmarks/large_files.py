@@ -244,6 +244,7 @@ def run(work: Path, size: int, runs: int, workers: int) -> None:
             stored_mbs / static_mbs >= 0.8,
         ),
         ("upload / static download", f"{up_mbs / static_mbs:.2f}x", ">= 0.5x", up_mbs / static_mbs >= 0.5),
+        ("upload / disk copy+fsync (info)", f"{t_disk / t_up1:.2f}x", "-", True),
         (
             "re-upload bytes sent",
             f"{second.bytes_sent / size:.2%}",

@@ -616,6 +616,14 @@ def _page_rows() -> list[Row]:
                     page=True,
                 )
             )
+    # data pages: the dataset viewer (tables, rows, statistics, the SQL console), datasets only
+    viewer = {
+        "/viewer": "{web}/viewer?sql=SELECT+count(*)+FROM+%22table%22",
+        "/viewer/{rev}": "{web}/viewer/feature/x?table=table&offset=1",
+    }
+    for suffix, url in viewer.items():
+        route = f"/datasets/{{owner}}/{{name}}{suffix}"
+        rows.append(Row("GET", route, repo_status(READ, 200), page(url), DATASETS, page=True))  # data pages
     return rows
 
 
@@ -942,7 +950,46 @@ HUB_ROWS: list[Row] = [
     ),
 ]
 
-ROWS = [*API_ROWS, *GIT_ROWS, *OTHER_ROWS, *PAGE_ROUTES, *STORAGE_ROWS, *LFS_ROWS, *HUB_ROWS]
+# ----- Open data: tables, rows and statistics of a dataset revision ------------------------------------
+# Each dataset of the world has data/table.csv, so a table named "table". Under /api/v1/datasets/ a
+# repository of another kind is not found, for everyone.
+
+DATA = f"{API}/datasets/{{full}}"
+DATA_ROWS: list[Row] = [
+    row
+    for method, route, url in (
+        ("GET", "/api/v1/datasets/{owner}/{name}/tables", DATA + "/tables?rev=v1"),
+        ("GET", "/api/v1/datasets/{owner}/{name}/tables/{table}/rows", DATA + "/tables/table/rows?limit=5"),
+        ("GET", "/api/v1/datasets/{owner}/{name}/tables/{table}/stats", DATA + "/tables/table/stats"),
+        (
+            "GET",
+            "/api/v1/datasets/{owner}/{name}/sql",
+            DATA + "/sql?sql=SELECT%20count(*)%20FROM%20%22table%22",
+        ),
+    )
+    for row in (
+        Row(method, route, repo_status(READ, 200), get(url), DATASETS),
+        Row(method, route, anyone(404), get(url), NOT_DATASETS, label="not a dataset"),
+    )
+] + [
+    Row(
+        "POST",
+        "/api/v1/datasets/{owner}/{name}/sql",
+        repo_status(READ, 200),
+        body(DATA + "/sql", sql='SELECT count(*) AS n FROM "table"'),
+        DATASETS,
+    ),
+    Row(
+        "POST",
+        "/api/v1/datasets/{owner}/{name}/sql",
+        anyone(404),
+        body(DATA + "/sql", sql="SELECT 1"),
+        NOT_DATASETS,
+        label="not a dataset",
+    ),
+]
+
+ROWS = [*API_ROWS, *GIT_ROWS, *OTHER_ROWS, *PAGE_ROUTES, *STORAGE_ROWS, *LFS_ROWS, *HUB_ROWS, *DATA_ROWS]
 
 
 # --- running a row -------------------------------------------------------------------------------------
@@ -1148,7 +1195,7 @@ def test_the_coverage_checks_notice_a_new_route(world: World) -> None:
         def lfs_locks(owner: str, repo_name: str) -> dict[str, str]:
             return {}
 
-        @router.get("/datasets/{owner}/{name}/viewer/{rev}", include_in_schema=False)
+        @router.get("/datasets/{owner}/{name}/previews/{rev}", include_in_schema=False)
         def viewer(owner: str, name: str, rev: str) -> dict[str, str]:
             return {}
 
@@ -1156,7 +1203,7 @@ def test_the_coverage_checks_notice_a_new_route(world: World) -> None:
         assert uncovered_api_operations(app) == [("GET", "/api/v1/repos/{owner}/{name}/stars")]
         assert ("POST", "/{owner}/{repo_name}/info/lfs/locks") in uncovered_other_routes(app)
         # Every page is in the matrix, so a new page is reported too.
-        assert ("GET", "/datasets/{owner}/{name}/viewer/{rev}") in uncovered_other_routes(app)
+        assert ("GET", "/datasets/{owner}/{name}/previews/{rev}") in uncovered_other_routes(app)
     finally:
         app.state.db.dispose()
 

@@ -145,6 +145,8 @@ def create_app(settings: Settings | None = None, *, migrate: bool = False) -> Fa
 
     from opensci.accounts.api import avatars as accounts_avatars
     from opensci.accounts.api import router as accounts_router
+    from opensci.data.api import router as data_router
+    from opensci.data.sql_api import router as sql_router
     from opensci.hub.api import router as hub_router
     from opensci.repos.api import router as repos_router
     from opensci.repos.githttp import router as git_router
@@ -156,6 +158,8 @@ def create_app(settings: Settings | None = None, *, migrate: bool = False) -> Fa
     app.include_router(repos_router)
     app.include_router(storage_router)
     app.include_router(quota_router)
+    app.include_router(data_router)
+    app.include_router(sql_router)
     app.include_router(accounts_avatars)
     app.include_router(lfs_router)  # {repo}.git/info/lfs/...: before git's and the web's catch-alls
     app.include_router(git_router)  # before the web pages: /{owner}/{name}.git/... is git's

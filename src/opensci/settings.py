@@ -83,6 +83,36 @@ class Settings(BaseSettings):
         ge=60,
         description="How long the upload and download links handed out by the Git LFS batch API stay valid.",
     )
+    sql_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Longest a SQL query over a dataset may run, streaming its result included; then it is "
+        "stopped with 422 `query_timeout`.",
+    )
+    sql_memory_limit: str = Field(
+        "1GB",
+        description="DuckDB memory limit per SQL query (e.g. 512MB, 2GB); nothing spills to disk, so a query "
+        "that needs more gets 413 `query_too_large`.",
+    )
+    sql_threads: int = Field(2, ge=1, description="DuckDB threads per SQL query.")
+    sql_max_concurrent: int = Field(
+        4,
+        ge=1,
+        description="SQL queries one server process runs at once; more wait briefly, then get 503 "
+        "`too_many_queries`.",
+    )
+    sql_json_row_limit: int = Field(
+        1000,
+        ge=1,
+        description="Most rows in a JSON answer of the SQL endpoint (`truncated: true` when rows were left "
+        "out); CSV and Parquet downloads have no row limit.",
+    )
+    sql_votable_row_limit: int = Field(
+        1_000_000,
+        ge=1,
+        description="Most rows in a VOTable answer of the SQL endpoint (built in memory); the rest are left "
+        "out and marked QUERY_STATUS=OVERFLOW.",
+    )
     hub_regular_upload_max_bytes: int = Field(
         50_000_000,
         ge=0,

@@ -76,13 +76,19 @@ def check_repo_path(path: str) -> str:
         raise InvalidInput("empty path", code="invalid_path")
     if "\x00" in path:
         raise InvalidInput("a path may not contain NUL bytes", code="invalid_path")
+    try:
+        encoded = path.encode()
+    except UnicodeEncodeError:
+        raise InvalidInput(
+            f"path {path!r} is not valid Unicode text (it holds an unpaired surrogate)", code="invalid_path"
+        ) from None
     if path.startswith("/") or re.match(r"^[A-Za-z]:", path):
         raise InvalidInput(
             f"path {path!r} is absolute; give it relative to the repository root", code="invalid_path"
         )
     if "\\" in path:
         raise InvalidInput(f"path {path!r}: use '/' to separate folders", code="invalid_path")
-    if len(path.encode()) > 4096:
+    if len(encoded) > 4096:
         raise InvalidInput("path is longer than 4096 bytes", code="invalid_path")
     if path.count("/") >= MAX_PATH_DEPTH:
         raise InvalidInput(f"path is nested more than {MAX_PATH_DEPTH} folders deep", code="invalid_path")

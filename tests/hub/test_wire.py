@@ -4,10 +4,12 @@ pagination, resolve headers, and the streaming NDJSON reader."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from opensci.errors import InvalidInput
@@ -148,3 +150,22 @@ def test_ndjson_reader_refuses_garbage(tmp_path: Path) -> None:
         _feed(b'{"key": "header"}\nnot json\n', tmp_path, 5)
     with pytest.raises(InvalidInput):
         _feed(b'{"key": "file", "value": {"content": "' + b"!" * 400 + b'"}}\n', tmp_path, 50)
+
+
+def test_preupload_names_inline_files_kept_in_lfs_by_their_git_id(
+    app: FastAPI, client: TestClient, alice: Account, repo: str
+) -> None:
+    """A file sent inline but stored in the blob store (here: *.bin is LFS-tracked by the Hub's default
+    .gitattributes) is named by the git id of its content, which is what the client compares: sending
+    the same file again is recognized as no change."""
+    data = b"weights " * 1000
+    _commit(client, alice, repo, "main", {"w.bin": data})
+    tree = client.get(f"/api/models/{repo}/tree/main", headers=alice.headers).json()
+    assert next(e for e in tree if e["path"] == "w.bin")["lfs"]["oid"] == hashlib.sha256(data).hexdigest()
+    r = client.post(
+        f"/api/models/{repo}/preupload/main",
+        json={"files": [{"path": "w.bin", "size": len(data), "sample": ""}]},
+        headers=alice.headers,
+    )
+    git_id = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+    assert r.json()["files"][0]["uploadMode"] == "regular" and r.json()["files"][0]["oid"] == git_id

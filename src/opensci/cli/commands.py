@@ -225,15 +225,19 @@ def upload(
                 "bytes": size,
                 "bytes_sent": result.bytes_sent,
                 "chunked_files": result.chunked_files,
+                "changed": result.changed,
             }
         )
         return
-    note(f"Committed {len(files)} file(s), {output.human_size(size)}, to {repo.full_name} ({target})")
+    if result.changed:
+        note(f"Committed {len(files)} file(s), {output.human_size(size)}, to {repo.full_name} ({target})")
+    else:
+        note(f"Nothing changed: {repo.full_name} ({target}) already has these files; no commit was made")
     if result.chunked_files:
-        share = result.bytes_sent / size if size else 0.0
+        share = min(result.bytes_sent / size, 1.0) if size else 0.0
         note(
-            f"Sent {output.human_size(result.bytes_sent)} ({share:.1%}): only the chunks the server lacked; "
-            f"{len(result.chunked_files)} large file(s) stored as Git LFS files"
+            f"Sent {output.human_size(result.bytes_sent)} (about {share:.1%} of the files' size): only the "
+            f"chunks the server lacked; {len(result.chunked_files)} large file(s) stored as Git LFS files"
         )
     typer.echo(commit)
     typer.echo(repo.url)

@@ -98,7 +98,7 @@ def handle_errors(command: Callable[P, R]) -> Callable[P, R]:
         except OSError as exc:
             raise fail(str(exc), code="os_error", as_json=as_json) from None
         except KeyboardInterrupt:
-            typer.echo("interrupted (an interrupted download resumes when run again)", err=True)
+            typer.echo("interrupted (run the same command again: it resumes where it stopped)", err=True)
             raise typer.Exit(130) from None
 
     return wrapper

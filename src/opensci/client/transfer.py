@@ -55,6 +55,23 @@ def collect(local_path: Path, path_in_repo: str | None) -> list[LocalFile]:
     In a folder, a symbolic link is followed only when it points inside the folder: a link to a file
     elsewhere (a key, a password file) is never published by accident.
     """
+    return [_checked(f) for f in _collect(local_path, path_in_repo)]
+
+
+def _checked(f: LocalFile) -> LocalFile:
+    """A repository path must be text: a local name that is not valid UTF-8 is refused by name."""
+    try:
+        f.path_in_repo.encode()
+    except UnicodeEncodeError:
+        shown = f.path_in_repo.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        raise ValidationError(
+            f"the file name {shown!r} ({f.local}) is not valid UTF-8: rename it, then upload again",
+            code="invalid_path",
+        ) from None
+    return f
+
+
+def _collect(local_path: Path, path_in_repo: str | None) -> list[LocalFile]:
     if local_path.is_dir():
         root_dir = local_path.resolve()
         prefix = (path_in_repo or "").strip("/")
@@ -207,8 +224,10 @@ def upload(
         timeout=httpx.Timeout(client.timeout, read=max(client.timeout, 600.0)),
     )
     state["sent"] += sum(f.size for f in small)
+    reply = response.json()
     return UploadResult(
-        commit=str(response.json()["commit"]),
+        commit=str(reply["commit"]),
+        changed=bool(reply.get("changed", True)),
         files=[f.path_in_repo for f in files],
         bytes_total=total,
         bytes_sent=state["sent"],

@@ -241,6 +241,7 @@ class UploadResult:
     bytes_total: int
     bytes_sent: int
     chunked_files: list[str] = field(default_factory=list)  # stored in the blob store, as Git LFS files
+    changed: bool = True  # False: the branch already had these files; no commit was made (`commit`: head)
 
     @property
     def bytes_deduplicated(self) -> int:

@@ -460,6 +460,7 @@ def preupload(
     request: Request,
     session: SessionDep,
     store: StoreDep,
+    blobs: BlobsDep,
     settings: SettingsDep,
     actor: ActorDep,
     payload: dict[str, Any] = Body(...),
@@ -474,7 +475,14 @@ def preupload(
     if not isinstance(entries, list):
         raise InvalidInput('give the files as a "files" list', code="invalid_preupload")
     ignore = payload.get("gitIgnore")
-    modes = hub.preupload(settings, g, commit, entries, ignore if isinstance(ignore, str) else None)
+    modes = hub.preupload(
+        settings,
+        g,
+        commit,
+        entries,
+        ignore if isinstance(ignore, str) else None,
+        content_id=lambda view: files.content_git_id(session, blobs, repo, view),
+    )
     body = {"files": modes, "commitOid": str(commit.id) if commit is not None else None}
     if any(m["uploadMode"] == "lfs" for m in modes):
         # A client with hf_xet would now try Xet, which this server does not speak; the client logs this.

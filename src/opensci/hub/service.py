@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -343,9 +343,13 @@ def preupload(
     commit: pygit2.Commit | None,
     entries: list[dict[str, Any]],
     git_ignore: str | None,
+    content_id: Callable[[files.FileView], str | None] | None = None,
 ) -> list[dict[str, Any]]:
     """The upload mode of each file: inline ("regular") up to `hub_regular_upload_max_bytes`, then Git LFS;
-    whether `.gitignore` rules leave it out; and the id of what the revision holds there now."""
+    whether `.gitignore` rules leave it out; and the id of what the revision holds there now, in the
+    client's terms: the sha256 for a file it will send to LFS, the git blob id of the content for one it
+    sends inline (also when the server keeps that content in the blob store: `content_id` computes it),
+    so that an unchanged file is recognized and not sent again."""
     ignore = pathspec.GitIgnoreSpec.from_lines(git_ignore.splitlines()) if git_ignore else None
     out = []
     for f in entries:
@@ -364,6 +368,9 @@ def preupload(
             if e is not None and e.type == "file":
                 lfs = files.entry_lfs(g, e.oid, e.size)
                 oid = lfs.oid if lfs is not None else e.oid
+                if lfs is not None and mode == "regular" and lfs.size == size and content_id is not None:
+                    view = files.FileView(path.strip("/"), str(commit.id), e.oid, e.size or 0, lfs)
+                    oid = content_id(view) or oid
         out.append(
             {
                 "path": path,

@@ -32,6 +32,7 @@ from opensci.repos.schemas import (
 )
 from opensci.settings import Settings
 from opensci.storage import files
+from opensci.validation import check_repo_path
 
 router = APIRouter(prefix="/api/v1/repos", tags=["repos"])
 
@@ -180,6 +181,7 @@ async def create_commit(
     owner: str,
     name: str,
     request: Request,
+    response: Response,
     session: SessionDep,
     store: StoreDep,
     blobs: BlobsDep,
@@ -251,23 +253,32 @@ async def create_commit(
             return out
 
         changes = await run_in_threadpool(prepare)
-        sha, parent_sha = await run_in_threadpool(
-            service.commit_files,
-            actor,
-            session,
-            store,
-            repo,
-            changes,
-            message=message,
-            branch=branch,
-            parent_commit=parent,
-        )
+        try:
+            sha, parent_sha = await run_in_threadpool(
+                service.commit_files,
+                actor,
+                session,
+                store,
+                repo,
+                changes,
+                message=message,
+                branch=branch,
+                parent_commit=parent,
+                skip_unchanged=True,
+            )
+        except gitstore.NoChanges as same:
+            session.commit()  # an upload held by the repository stays recorded
+            response.status_code = 200
+            return CommitCreated(
+                commit=same.head, branch=branch or repo.default_branch, parent=None, changed=False
+            )
     finally:
         await form.close()
     return CommitCreated(commit=sha, branch=branch or repo.default_branch, parent=parent_sha)
 
 
 def _add_change(changes: dict[str, Upload | None], path: str, change: Upload | None) -> None:
+    check_repo_path(path)
     if path in changes:
         raise InvalidInput(f"{path!r} appears twice in one commit", code="duplicate_path")
     changes[path] = change

@@ -388,6 +388,14 @@ def write_blobs(repo: pygit2.Repository, changes: Mapping[str, Change]) -> dict[
     return out
 
 
+class NoChanges(Exception):
+    """The commit would change nothing: `head` is the commit that already has that content."""
+
+    def __init__(self, head: str) -> None:
+        super().__init__(f"nothing changed since {head[:12]}")
+        self.head = head
+
+
 def build_commit(
     repo: pygit2.Repository,
     parent: pygit2.Commit | None,
@@ -396,9 +404,13 @@ def build_commit(
     message: str,
     author: pygit2.Signature,
     committer: pygit2.Signature,
+    unless_unchanged: bool = False,
 ) -> str:
-    """Write (not publish) a commit applying `blobs` on top of `parent`; returns its id."""
+    """Write (not publish) a commit applying `blobs` on top of `parent`; returns its id. With
+    `unless_unchanged`, a commit whose tree is the parent's is not written: NoChanges is raised."""
     tree = _apply(repo, parent.tree if parent is not None else None, blobs, "")
+    if unless_unchanged and parent is not None and tree == parent.tree_id:
+        raise NoChanges(str(parent.id))
     parents = [parent.id] if parent is not None else []
     return str(repo.create_commit(None, author, committer, message, tree, parents))
 

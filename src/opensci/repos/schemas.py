@@ -113,3 +113,6 @@ class CommitCreated(BaseModel):
     commit: str
     branch: str
     parent: str | None
+    changed: bool = Field(
+        True, description="False when the files were already so: no commit was made, `commit` is the head."
+    )

@@ -308,8 +308,12 @@ def commit_files(
     branch: str | None = None,
     parent_commit: str | None = None,
     create_branch: bool = True,
+    skip_unchanged: bool = False,
 ) -> tuple[str, str | None]:
     """Make one atomic commit of `changes` on `branch`; returns (commit id, parent id).
+
+    With `skip_unchanged`, changes that leave the branch's files as they are make no commit:
+    gitstore.NoChanges is raised, naming the head that already has that content.
 
     With `parent_commit`, the commit lands only if the branch still points there (else Conflict and
     nothing is written to the branch). Without it, a commit that loses a race with another writer is
@@ -355,6 +359,7 @@ def commit_files(
             message=message.strip() + "\n",
             author=author,
             committer=author,
+            unless_unchanged=skip_unchanged and head is not None,
         )
         if store.update_ref(
             repo.id, ref, new, head or ZERO, f"commit (api): {message.splitlines()[0][:100]}"

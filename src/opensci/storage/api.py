@@ -24,7 +24,6 @@ import struct
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -170,21 +169,21 @@ def _missing_reply(exc: MissingChunks) -> JSONResponse:
 
 
 def hold(session: Session, settings: Settings, repo: Repository, oid: str, size: int) -> None:
-    """Record that the repository holds the object, and commit. Two uploads of the same object racing
-    to record it both succeed: the loser of the insert finds the winner's row."""
-    try:
-        files.hold_object(session, settings, repo, oid, size)
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        if not files.holds(session, repo.id, oid):
-            raise
+    """Record that the repository holds the object, and commit (two uploads of the same object racing
+    to record it both succeed: see `files.hold_object`)."""
+    files.hold_object(session, settings, repo, oid, size)
+    session.commit()
 
 
 def commit_object(
     session: Session, settings: Settings, blobs: BlobStore, repo: Repository, body: ObjectIn
 ) -> ObjectOut:
     oid = check_oid(body.oid)
+    if body.size > settings.max_upload_bytes:
+        raise PayloadTooLarge(
+            f"a file of {body.size} bytes is larger than this server accepts ({settings.max_upload_bytes} "
+            "bytes, OPENSCI_MAX_UPLOAD_BYTES)"
+        )
     if len(body.chunks) > max(body.size, 1):
         raise InvalidInput(
             f"{len(body.chunks)} chunks cannot make {body.size} bytes (a chunk holds at least one byte)",

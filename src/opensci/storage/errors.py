@@ -31,7 +31,7 @@ class ObjectDamaged(OpenSciError):
     A fresh upload of the same content repairs it; `opensci storage verify` lists what is damaged.
     """
 
-    status, code = 500, "object_damaged"
+    status, code = 503, "object_damaged"
 
 
 class QuotaExceeded(OpenSciError):

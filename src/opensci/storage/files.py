@@ -8,6 +8,7 @@ every door that reads them (raw, resolve, LFS downloads, the web) goes through `
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -19,6 +20,7 @@ from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 from pygit2.enums import AttrCheck
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from opensci.accounts.permissions import Actor, can
@@ -30,7 +32,7 @@ from opensci.repos.gitstore import Change, Upload
 from opensci.repos.models import Repository
 from opensci.settings import Settings
 from opensci.storage import quota
-from opensci.storage.errors import ObjectNotFound
+from opensci.storage.errors import ObjectDamaged, ObjectNotFound
 from opensci.storage.index import check_oid
 from opensci.storage.models import ObjectState, RepoObject
 from opensci.storage.pointers import POINTER_MAX, format_pointer, parse_pointer
@@ -64,8 +66,12 @@ def hold_object(session: Session, settings: Settings, repo: Repository, oid: str
         return
     if not quota.owner_holds(session, repo.owner_id, oid):
         quota.check(session, settings, repo.owner, size)
-    session.add(RepoObject(repo_id=repo.id, oid=oid, size=size, created_at=utcnow()))
-    session.flush()
+    try:
+        with session.begin_nested():  # concurrent uploads of one object: the second finds the first's row
+            session.add(RepoObject(repo_id=repo.id, oid=oid, size=size, created_at=utcnow()))
+    except IntegrityError:
+        if not holds(session, repo.id, oid):
+            raise
 
 
 def attach_object(
@@ -248,10 +254,33 @@ def file_view(g: pygit2.Repository, commit: pygit2.Commit, path: str) -> FileVie
 
 
 def stored(session: Session, blobs: BlobStore, repo: Repository, view: FileView) -> bool:
-    """Whether an LFS file's content can be served from this repository: the object is stored and the
-    repository holds it. A pointer pushed without its object (or naming another repository's object)
-    is served as what git holds: the pointer's text."""
-    return view.lfs is not None and holds(session, repo.id, view.lfs.oid) and blobs.has(view.lfs.oid)
+    """Whether an LFS file's content can be served from this repository: the repository holds the
+    object and the store has it. A pointer pushed without its object (or naming another repository's
+    object) is served as what git holds: the pointer's text. Content held but quarantined as damaged
+    raises ObjectDamaged: never the pointer in its place."""
+    if view.lfs is None or not holds(session, repo.id, view.lfs.oid):
+        return False
+    if blobs.has(view.lfs.oid):
+        return True
+    try:
+        info = blobs.stat(view.lfs.oid)
+    except ObjectNotFound:
+        return False  # collected: what git holds is all there is
+    raise ObjectDamaged(
+        f"the stored content of {view.path!r} ({info.oid[:12]}…) is damaged and quarantined; uploading the "
+        "file again repairs it (`opensci storage verify` lists the damage)"
+    )
+
+
+def content_git_id(session: Session, blobs: BlobStore, repo: Repository, view: FileView) -> str | None:
+    """The git blob id the content of an LFS file would have as a regular file (what Hugging Face
+    clients compare before re-sending a file inline), read from the blob store; None if not stored."""
+    if view.lfs is None or not stored(session, blobs, repo, view):
+        return None
+    digest = hashlib.sha1(f"blob {view.lfs.size}\0".encode(), usedforsecurity=False)
+    for block in blobs.iter_range(view.lfs.oid):
+        digest.update(block)
+    return digest.hexdigest()
 
 
 def _not_modified(request: Request, etag: str) -> bool:

@@ -9,8 +9,8 @@
 - `PUT objects/{oid}` streams the body into the blob store, checked against the announced sha256 and
   size before the object becomes visible; `GET objects/{oid}` serves it with HTTP Range.
 - `POST objects/verify` answers 200 once the repository holds the object.
-- `POST locks/verify` answers that nobody holds locks (locking is not offered), so pushes need no
-  `lfs.locksverify` setting.
+- `POST locks/verify` answers that nobody holds locks (creating locks is not offered); `git lfs push`
+  then suggests setting `lfs.locksverify`, which changes nothing either way.
 
 A repository only serves objects it holds (`storage_repo_objects`): knowing an oid of someone else's
 private file never yields its bytes. An upload of content the store has but this repository does not

@@ -298,7 +298,17 @@ def reindex(store: BlobStore) -> ReindexReport:
                 n = session.execute(stmt.values(damaged=True)).rowcount
                 report.chunks_damaged += n if not damaged else 0
             session.commit()
-    missing = [(d, loc.pack_id, loc.offset, loc.length) for d, loc in found.items() if d not in indexed]
+    # Records no manifest lists are garbage (collected chunks whose bytes wait for compaction, or an
+    # upload that never finished): indexing them again would bring back what gc deleted.
+    listed: set[bytes] = set()
+    with store.db.session() as session:
+        for (manifest,) in session.execute(select(StorageObject.manifest).execution_options(yield_per=256)):
+            listed.update(manifest_digests(manifest))
+    missing = [
+        (d, loc.pack_id, loc.offset, loc.length)
+        for d, loc in found.items()
+        if d not in indexed and d in listed
+    ]
     if missing:
         with store.db.session() as session:
             index.insert_chunks(session, missing, utcnow())

@@ -1,0 +1,155 @@
+"""Operations of the data domain: the tables of a dataset revision, their rows and statistics.
+
+Reads are checked like every other door: `repos.service.get_repo(..., "read", kind=dataset)`, so a
+private dataset is not found for whoever may not read it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sqlalchemy.orm import Session
+
+from opensci.accounts.permissions import Actor
+from opensci.data import formats, stats
+from opensci.data.catalog import Catalog, Table, catalog
+from opensci.errors import InvalidInput
+from opensci.repos import gitstore
+from opensci.repos import service as repos
+from opensci.repos.gitstore import GitStore
+from opensci.repos.models import RepoKind
+from opensci.settings import Settings
+from opensci.storage.store import BlobStore
+
+MAX_ROWS = 1000
+
+
+def revision_catalog(
+    actor: Actor,
+    session: Session,
+    settings: Settings,
+    store: GitStore,
+    blobs: BlobStore,
+    owner: str,
+    name: str,
+    rev: str | None,
+) -> Catalog | None:
+    """The catalog of dataset `owner/name` at `rev` (default: its default branch). None for a
+    repository without commits on its default branch, when no revision is asked for."""
+    repo = repos.get_repo(actor, session, owner, name, "read", kind=RepoKind.dataset)
+    if not rev:
+        g = store.open(repo.id)
+        if gitstore.branch_head(g, repo.default_branch) is None:
+            return None
+    _, commit = repos.resolve(store, repo, rev)
+    return catalog(settings, store, blobs, session, repo, commit)
+
+
+def read_rows(table: Table, offset: int, limit: int) -> list[dict[str, Any]]:
+    """Rows [offset, offset+limit) of a table, in file order then row order, as JSON-safe objects.
+    Only the row groups that hold them are read."""
+    if offset < 0 or not 0 <= limit <= MAX_ROWS:
+        raise InvalidInput(f"offset must be >= 0 and limit between 0 and {MAX_ROWS}", code="invalid_range")
+    out: list[pa.Table] = []
+    pos, need = offset, limit
+    for path, n in zip(table.parquet, table.parquet_rows, strict=True):
+        if need <= 0:
+            break
+        if pos >= n:
+            pos -= n
+            continue
+        with pq.ParquetFile(path) as f:
+            pos, need = _read_file(f, pos, need, out)
+    rows: list[dict[str, Any]] = []
+    for t in out:
+        rows.extend({k: formats.json_value(v) for k, v in r.items()} for r in t.to_pylist())
+    return rows
+
+
+def _read_file(f: pq.ParquetFile, pos: int, need: int, out: list[pa.Table]) -> tuple[int, int]:
+    """Append up to `need` rows of `f` from row `pos` to `out`; returns what is left of (pos, need)."""
+    for rg in range(f.metadata.num_row_groups):
+        if need <= 0:
+            break
+        rn = f.metadata.row_group(rg).num_rows
+        if pos >= rn:
+            pos -= rn
+            continue
+        # Pages cannot be skipped without decoding: far into a row group, decode in big batches.
+        size = max(need, 1024) if pos < 1024 else max(need, 65536)
+        for batch in f.iter_batches(batch_size=size, row_groups=[rg]):
+            if pos >= batch.num_rows:
+                pos -= batch.num_rows
+                continue
+            part = batch.slice(pos, need)
+            pos = 0
+            need -= part.num_rows
+            out.append(pa.Table.from_batches([part]))
+            if need <= 0:
+                break
+    return pos, need
+
+
+def table_rows(
+    actor: Actor,
+    session: Session,
+    settings: Settings,
+    store: GitStore,
+    blobs: BlobStore,
+    owner: str,
+    name: str,
+    table: str,
+    rev: str | None,
+    offset: int,
+    limit: int,
+) -> dict[str, Any]:
+    cat = _catalog_or_empty(actor, session, settings, store, blobs, owner, name, rev)
+    t = cat.table(table)
+    try:
+        rows = read_rows(t, offset, limit)
+    except (pa.ArrowException, OSError) as exc:
+        raise _unreadable(t, exc) from exc
+    return {"rows": rows, "num_rows": t.num_rows, "offset": offset, "limit": limit, "commit": cat.commit}
+
+
+def table_stats(
+    actor: Actor,
+    session: Session,
+    settings: Settings,
+    store: GitStore,
+    blobs: BlobStore,
+    owner: str,
+    name: str,
+    table: str,
+    rev: str | None,
+) -> dict[str, Any]:
+    cat = _catalog_or_empty(actor, session, settings, store, blobs, owner, name, rev)
+    t = cat.table(table)
+    try:
+        result = stats.table_stats(settings, cat.commit, t)
+    except (duckdb.IOException, duckdb.InvalidInputException) as exc:
+        raise _unreadable(t, exc) from exc
+    return {k: v for k, v in result.items() if k != "version"} | {"commit": cat.commit}
+
+
+def _unreadable(table: Table, exc: Exception) -> InvalidInput:
+    """Damage inside a file whose footer looked fine is found only when its pages are read."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    return InvalidInput(f"table {table.name!r} has unreadable data: {first}", code="unreadable_table")
+
+
+def _catalog_or_empty(
+    actor: Actor,
+    session: Session,
+    settings: Settings,
+    store: GitStore,
+    blobs: BlobStore,
+    owner: str,
+    name: str,
+    rev: str | None,
+) -> Catalog:
+    cat = revision_catalog(actor, session, settings, store, blobs, owner, name, rev)
+    return cat if cat is not None else Catalog("", [], [])

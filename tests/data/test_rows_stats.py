@@ -1,0 +1,198 @@
+"""Rows (paging, stable order, JSON-safe values) and statistics (exact against numpy, cached)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from fastapi.testclient import TestClient
+
+from opensci.settings import Settings
+from tests.api_helpers import API, committed, create_repo, error_code
+from tests.conftest import Account
+from tests.data import table_files as tf
+
+
+def dataset(client: TestClient, who: Account, files: dict[str, bytes | str]) -> tuple[str, str]:
+    create_repo(client, who, "ds", kind="dataset")
+    return "alice/ds", committed(client, who, "alice/ds", files)
+
+
+def get_rows(client: TestClient, full: str, table: str, **params: Any) -> dict[str, Any]:
+    r = client.get(f"{API}/datasets/{full}/tables/{table}/rows", params=params)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_paging_is_stable_across_files_and_row_groups(client: TestClient, alice: Account) -> None:
+    shards = {
+        f"data/train-{i:05d}-of-00003.parquet": tf.parquet_bytes(
+            pa.table({"k": np.arange(i * 1000, (i + 1) * 1000)}), row_group_size=170
+        )
+        for i in range(3)
+    }
+    full, _ = dataset(client, alice, shards)
+    assert get_rows(client, full, "train", limit=0) == {
+        "rows": [],
+        "num_rows": 3000,
+        "offset": 0,
+        "limit": 0,
+        "commit": get_rows(client, full, "train")["commit"],
+    }
+    seen: list[int] = []
+    for offset in range(0, 3000, 333):
+        page = get_rows(client, full, "train", offset=offset, limit=333)
+        assert page["num_rows"] == 3000
+        seen.extend(r["k"] for r in page["rows"])
+    assert seen == list(range(3000))
+    assert [r["k"] for r in get_rows(client, full, "train", offset=995, limit=10)["rows"]] == list(
+        range(995, 1005)
+    )
+    assert len(get_rows(client, full, "train", limit=1000)["rows"]) == 1000
+    assert get_rows(client, full, "train", offset=2999, limit=5)["rows"] == [{"k": 2999}]
+    assert get_rows(client, full, "train", offset=10_000)["rows"] == []
+    assert len(get_rows(client, full, "train")["rows"]) == 100  # the default limit
+
+
+@pytest.mark.parametrize("params", [{"limit": 1001}, {"limit": -1}, {"offset": -1}, {"offset": "x"}])
+def test_bad_paging_is_422(client: TestClient, alice: Account, params: dict[str, Any]) -> None:
+    full, _ = dataset(client, alice, {"t.csv": "a\n1\n"})
+    assert (
+        error_code(client.get(f"{API}/datasets/{full}/tables/t/rows", params=params), 422) == "invalid_input"
+    )
+
+
+def test_unknown_table_is_404(client: TestClient, alice: Account) -> None:
+    full, _ = dataset(client, alice, {"t.csv": "a\n1\n"})
+    for what in ("rows", "stats"):
+        r = client.get(f"{API}/datasets/{full}/tables/nope/{what}")
+        assert error_code(r, 404) == "table_not_found"
+
+
+def test_values_are_json_safe(client: TestClient, alice: Account) -> None:
+    t = pa.table(
+        {
+            "f": pa.array([float("nan"), float("inf"), -float("inf"), 1.25]),
+            "b": pa.array([b"text", b"\xff\x00", None, b""], pa.binary()),
+            "ts": pa.array([dt.datetime(2024, 1, 2, 3, 4, 5, 6)] * 4, pa.timestamp("us")),
+            "tz": pa.array([dt.datetime(2024, 1, 2, tzinfo=dt.UTC)] * 4, pa.timestamp("ns", tz="UTC")),
+            "d": pa.array([dt.date(2020, 2, 29)] * 4),
+            "dec": pa.array([decimal.Decimal("1.10")] * 4, pa.decimal128(5, 2)),
+            "dur": pa.array([dt.timedelta(seconds=90)] * 4, pa.duration("s")),
+            "l": pa.array([[1.0, float("nan")], None, [], [2.0]]),
+            "st": pa.array([{"x": 1, "y": "a"}] * 4),
+            "big": pa.array([2**63 - 1] * 4, pa.int64()),
+        }
+    )
+    full, _ = dataset(client, alice, {"t.parquet": tf.parquet_bytes(t)})
+    r = client.get(f"{API}/datasets/{full}/tables/t/rows")
+    assert r.status_code == 200
+    got = json.loads(r.text)["rows"]  # strict JSON: no NaN
+    assert [x["f"] for x in got] == [None, None, None, 1.25]
+    assert [x["b"] for x in got] == ["text", "base64:/wA=", None, ""]
+    assert got[0]["ts"] == "2024-01-02T03:04:05.000006"
+    assert got[0]["tz"].startswith("2024-01-02T00:00:00") and got[0]["tz"].endswith("+00:00")
+    assert got[0]["d"] == "2020-02-29" and got[0]["dec"] == "1.10" and got[0]["dur"] == 90.0
+    assert got[0]["l"] == [1.0, None] and got[1]["l"] is None and got[0]["st"] == {"x": 1, "y": "a"}
+    assert got[0]["big"] == 2**63 - 1
+    s = client.get(f"{API}/datasets/{full}/tables/t/stats")
+    assert s.status_code == 200, s.text
+    cols = {c["name"]: c for c in s.json()["columns"]}
+    assert cols["f"]["non_finite"] == 3 and cols["f"]["min"] == cols["f"]["max"] == 1.25
+    assert cols["ts"]["min"] == "2024-01-02T03:04:05.000006"
+
+
+def numpy_histogram(values: np.ndarray) -> tuple[list[float], list[int]]:
+    counts, edges = np.histogram(values, bins=20)
+    return [float(e) for e in edges], [int(c) for c in counts]
+
+
+def test_stats_match_numpy(client: TestClient, alice: Account) -> None:
+    rng = np.random.default_rng(7)
+    n = 50_000
+    x = rng.normal(3.0, 2.5, n)
+    x_nulls = rng.random(n) < 0.05
+    x[rng.random(n) < 0.01] = np.nan
+    ints = rng.integers(-1000, 1000, n)
+    words = rng.choice(["alpha", "beta", "gamma", "delta", "eps"], n, p=[0.4, 0.3, 0.15, 0.1, 0.05])
+    flag = rng.random(n) < 0.3
+    const = np.full(n, 7)
+    table = pa.table(
+        {
+            "x": pa.array(x, mask=x_nulls),
+            "i": pa.array(ints),
+            "w": pa.array(words),
+            "flag": pa.array(flag),
+            "const": pa.array(const),
+        }
+    )
+    half = n // 2
+    full, sha = dataset(
+        client,
+        alice,
+        {
+            "data/train-00000-of-00002.parquet": tf.parquet_bytes(table.slice(0, half), row_group_size=4000),
+            "data/train-00001-of-00002.csv".replace(".csv", ".parquet"): tf.parquet_bytes(table.slice(half)),
+        },
+    )
+    r = client.get(f"{API}/datasets/{full}/tables/train/stats")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["num_rows"] == n and body["commit"] == sha and body["table"] == "train"
+    cols = {c["name"]: c for c in body["columns"]}
+
+    valid = x[~x_nulls]
+    finite = valid[np.isfinite(valid)]
+    cx = cols["x"]
+    assert cx["type"] == "DOUBLE" and cx["count"] == n
+    assert cx["nulls"] == int(x_nulls.sum())
+    assert cx["non_finite"] == int(np.isnan(valid).sum())
+    assert cx["min"] == finite.min() and cx["max"] == finite.max()
+    assert cx["mean"] == pytest.approx(finite.mean(), rel=1e-12)
+    assert cx["std"] == pytest.approx(finite.std(), rel=1e-9)
+    assert (cx["histogram"]["edges"], cx["histogram"]["counts"]) == numpy_histogram(finite)
+    assert abs(cx["distinct"] - len(np.unique(finite))) < 0.05 * len(np.unique(finite))
+
+    ci = cols["i"]
+    assert ci["nulls"] == 0 and (ci["min"], ci["max"]) == (int(ints.min()), int(ints.max()))
+    assert ci["mean"] == pytest.approx(ints.mean(), rel=1e-12)
+    assert ci["std"] == pytest.approx(ints.std(), rel=1e-9)
+    assert (ci["histogram"]["edges"], ci["histogram"]["counts"]) == numpy_histogram(ints)
+
+    assert (cols["const"]["histogram"]["edges"], cols["const"]["histogram"]["counts"]) == numpy_histogram(
+        const
+    )
+
+    values, counts = np.unique(words, return_counts=True)
+    expected = sorted(zip(values.tolist(), counts.tolist(), strict=True), key=lambda vc: (-vc[1], vc[0]))
+    assert [(t["value"], t["count"]) for t in cols["w"]["top"]] == expected
+    assert cols["w"]["min"] == "alpha" and cols["w"]["max"] == "gamma" and cols["w"]["distinct"] == 5
+    assert {t["value"]: t["count"] for t in cols["flag"]["top"]} == {
+        True: int(flag.sum()),
+        False: int((~flag).sum()),
+    }
+
+
+def test_stats_are_computed_once_per_commit(
+    client: TestClient, alice: Account, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opensci.data import stats
+
+    full, sha = dataset(client, alice, {"t.csv": "a,b\n1,x\n2,y\n"})
+    first = client.get(f"{API}/datasets/{full}/tables/t/stats").json()
+    files = list((settings.home / "derived" / sha / "stats").glob("*.json"))
+    assert len(files) == 1
+
+    def fail(*_: Any) -> Any:
+        raise AssertionError("statistics computed again")
+
+    monkeypatch.setattr(stats, "compute", fail)
+    assert client.get(f"{API}/datasets/{full}/tables/t/stats", params={"rev": sha}).json() == first
+    committed(client, alice, full, {"t.csv": "a,b\n3,z\n"})
+    r = client.get(f"{API}/datasets/{full}/tables/t/stats")  # a new commit: computed for it
+    assert error_code(r, 500) == "internal_error"
