@@ -196,3 +196,25 @@ def test_stats_are_computed_once_per_commit(
     committed(client, alice, full, {"t.csv": "a,b\n3,z\n"})
     r = client.get(f"{API}/datasets/{full}/tables/t/stats")  # a new commit: computed for it
     assert error_code(r, 500) == "internal_error"
+
+
+def test_parquet_is_read_in_place_until_duckdb_needs_a_copy(
+    client: TestClient, alice: Account, settings: Settings
+) -> None:
+    """The first rows of a (large, LFS) Parquet file come straight from the blob store: only statistics
+    and SQL, which read files by path, copy it to the derived area, once."""
+    settings.lfs_threshold_bytes = 1000
+    table = pa.table({"x": np.arange(50_000), "y": np.arange(50_000) * 0.5})
+    full, sha = dataset(client, alice, {"data/big.parquet": tf.parquet_bytes(table, row_group_size=10_000)})
+    copy = settings.home.resolve() / "derived" / sha / "tables" / "data" / "big.parquet.parquet"
+    tables = client.get(f"{API}/datasets/{full}/tables").json()["tables"]
+    assert tables[0]["num_rows"] == 50_000
+    assert get_rows(client, full, "big", offset=25_000, limit=2)["rows"] == [
+        {"x": 25_000, "y": 12_500.0},
+        {"x": 25_001, "y": 12_500.5},
+    ]
+    assert not copy.exists()
+    stats = client.get(f"{API}/datasets/{full}/tables/big/stats").json()
+    assert stats["columns"][0]["max"] == 49_999 and copy.exists()
+    r = client.post(f"{API}/datasets/{full}/sql", json={"sql": "SELECT sum(x) AS s FROM big"})
+    assert r.json()["rows"] == [[sum(range(50_000))]]

@@ -55,6 +55,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pygit2
 from sqlalchemy.orm import Session
@@ -262,6 +263,18 @@ def _convert(
 ) -> _File | None:
     dest = base / "tables" / (path + ".parquet")
     notes_file = base / "tables" / (path + ".notes.json")
+    if fmt == "parquet" and not dest.exists():
+        # Parquet is read in place (its footer now, its pages by the first rows asked for): the copy
+        # DuckDB needs is made only when statistics or SQL first ask (`materialize`).
+        src = _open_source(g, commit, blobs, session, repo, path)
+        try:
+            with pq.ParquetFile(src) as meta:
+                schema = meta.schema_arrow.remove_metadata()
+                return _File(path, str(dest), meta.metadata.num_rows, schema, [])
+        except (pa.ArrowException, OSError) as exc:
+            raise formats.ConversionError(f"not a valid Parquet file: {formats._first_line(exc)}") from exc
+        finally:
+            src.close()
     if not dest.exists():
         src = _open_source(g, commit, blobs, session, repo, path)
         try:
@@ -278,6 +291,59 @@ def _convert(
     notes = json.loads(notes_file.read_text()) if notes_file.exists() else []
     with pq.ParquetFile(dest) as meta:
         return _File(path, str(dest), meta.metadata.num_rows, meta.schema_arrow.remove_metadata(), notes)
+
+
+def open_table_file(
+    settings: Settings,
+    store: GitStore,
+    blobs: BlobStore,
+    session: Session,
+    repo: Repository,
+    cat: Catalog,
+    table: Table,
+    index: int,
+) -> str | BinaryIO:
+    """The `index`-th Parquet file of a table for reading: its derived path once it exists, else the
+    source Parquet file itself (from git or the blob store; the caller closes it)."""
+    path = table.parquet[index]
+    if Path(path).exists():
+        return path
+    g = store.open(repo.id)
+    return _open_source(g, g[cat.commit].peel(pygit2.Commit), blobs, session, repo, table.sources[index])
+
+
+def materialize(
+    settings: Settings,
+    store: GitStore,
+    blobs: BlobStore,
+    session: Session,
+    repo: Repository,
+    cat: Catalog,
+    tables: list[Table] | None = None,
+) -> None:
+    """Make sure the Parquet files of these tables (default: all) exist in the derived area, copying the
+    Parquet sources read in place so far: DuckDB (statistics, SQL) reads files by path. Once per commit,
+    under the commit's lock."""
+    todo = [
+        (src, Path(p))
+        for t in (cat.tables if tables is None else tables)
+        for src, p in zip(t.sources, t.parquet, strict=True)
+        if not Path(p).exists()
+    ]
+    if not todo:
+        return
+    g = store.open(repo.id)
+    commit = g[cat.commit].peel(pygit2.Commit)
+    base = derived_dir(settings, cat.commit)
+    with file_lock(base / "catalog.lock"):
+        for src_path, dest in todo:
+            if dest.exists():
+                continue
+            src = _open_source(g, commit, blobs, session, repo, src_path)
+            try:
+                formats.to_parquet("parquet", src, dest, tmp_dir=base / "tmp")
+            finally:
+                src.close()
 
 
 def _build(

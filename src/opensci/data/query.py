@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from opensci.accounts.permissions import Actor
 from opensci.data import sql as engine
-from opensci.data.catalog import catalog
+from opensci.data.catalog import catalog, materialize
 from opensci.errors import OpenSciError
 from opensci.repos.gitstore import GitStore
 from opensci.repos.models import RepoKind, Repository
@@ -47,6 +47,7 @@ def tables_of(
     """The commit sha of `rev` and the revision's tables as {name: derived Parquet files}."""
     _, commit = resolve(store, repo, rev)
     found = catalog(settings, store, blobs, session, repo, commit)
+    materialize(settings, store, blobs, session, repo, found)
     return str(commit.id), {t.name: [Path(p) for p in t.parquet] for t in found.tables if t.parquet}
 
 

@@ -6,7 +6,8 @@ private dataset is not found for whoever may not read it.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 import duckdb
 import pyarrow as pa
@@ -15,12 +16,12 @@ from sqlalchemy.orm import Session
 
 from opensci.accounts.permissions import Actor
 from opensci.data import formats, stats
-from opensci.data.catalog import Catalog, Table, catalog
+from opensci.data.catalog import Catalog, Table, catalog, materialize, open_table_file
 from opensci.errors import InvalidInput
 from opensci.repos import gitstore
 from opensci.repos import service as repos
 from opensci.repos.gitstore import GitStore
-from opensci.repos.models import RepoKind
+from opensci.repos.models import RepoKind, Repository
 from opensci.settings import Settings
 from opensci.storage.store import BlobStore
 
@@ -39,30 +40,67 @@ def revision_catalog(
 ) -> Catalog | None:
     """The catalog of dataset `owner/name` at `rev` (default: its default branch). None for a
     repository without commits on its default branch, when no revision is asked for."""
+    return _repo_catalog(actor, session, settings, store, blobs, owner, name, rev)[1]
+
+
+def _repo_catalog(
+    actor: Actor,
+    session: Session,
+    settings: Settings,
+    store: GitStore,
+    blobs: BlobStore,
+    owner: str,
+    name: str,
+    rev: str | None,
+) -> tuple[Repository, Catalog | None]:
     repo = repos.get_repo(actor, session, owner, name, "read", kind=RepoKind.dataset)
     if not rev:
         g = store.open(repo.id)
         if gitstore.branch_head(g, repo.default_branch) is None:
-            return None
+            return repo, None
     _, commit = repos.resolve(store, repo, rev)
-    return catalog(settings, store, blobs, session, repo, commit)
+    return repo, catalog(settings, store, blobs, session, repo, commit)
 
 
-def read_rows(table: Table, offset: int, limit: int) -> list[dict[str, Any]]:
+def opener_for(
+    settings: Settings,
+    store: GitStore,
+    blobs: BlobStore,
+    session: Session,
+    repo: Repository | None,
+    cat: Catalog,
+    table: Table,
+) -> Opener | None:
+    """How `read_rows` opens the table's files: in place until they are copied to the derived area."""
+    if repo is None:
+        return None
+    return lambda i: open_table_file(settings, store, blobs, session, repo, cat, table, i)
+
+
+Opener = Callable[[int], "str | BinaryIO"]
+
+
+def read_rows(table: Table, offset: int, limit: int, opener: Opener | None = None) -> list[dict[str, Any]]:
     """Rows [offset, offset+limit) of a table, in file order then row order, as JSON-safe objects.
-    Only the row groups that hold them are read."""
+    Only the row groups that hold them are read. `opener(i)` gives the i-th file (a path, or a binary
+    file the reader closes): by default its derived path (see `catalog.open_table_file`)."""
     if offset < 0 or not 0 <= limit <= MAX_ROWS:
         raise InvalidInput(f"offset must be >= 0 and limit between 0 and {MAX_ROWS}", code="invalid_range")
     out: list[pa.Table] = []
     pos, need = offset, limit
-    for path, n in zip(table.parquet, table.parquet_rows, strict=True):
+    for i, n in enumerate(table.parquet_rows):
         if need <= 0:
             break
         if pos >= n:
             pos -= n
             continue
-        with pq.ParquetFile(path) as f:
-            pos, need = _read_file(f, pos, need, out)
+        source = opener(i) if opener is not None else table.parquet[i]
+        try:
+            with pq.ParquetFile(source) as f:
+                pos, need = _read_file(f, pos, need, out)
+        finally:
+            if not isinstance(source, str):
+                source.close()
     rows: list[dict[str, Any]] = []
     for t in out:
         rows.extend({k: formats.json_value(v) for k, v in r.items()} for r in t.to_pylist())
@@ -106,10 +144,10 @@ def table_rows(
     offset: int,
     limit: int,
 ) -> dict[str, Any]:
-    cat = _catalog_or_empty(actor, session, settings, store, blobs, owner, name, rev)
+    repo, cat = _catalog_or_empty(actor, session, settings, store, blobs, owner, name, rev)
     t = cat.table(table)
     try:
-        rows = read_rows(t, offset, limit)
+        rows = read_rows(t, offset, limit, opener_for(settings, store, blobs, session, repo, cat, t))
     except (pa.ArrowException, OSError) as exc:
         raise _unreadable(t, exc) from exc
     return {"rows": rows, "num_rows": t.num_rows, "offset": offset, "limit": limit, "commit": cat.commit}
@@ -126,9 +164,11 @@ def table_stats(
     table: str,
     rev: str | None,
 ) -> dict[str, Any]:
-    cat = _catalog_or_empty(actor, session, settings, store, blobs, owner, name, rev)
+    repo, cat = _catalog_or_empty(actor, session, settings, store, blobs, owner, name, rev)
     t = cat.table(table)
     try:
+        if repo is not None:
+            materialize(settings, store, blobs, session, repo, cat, [t])
         result = stats.table_stats(settings, cat.commit, t)
     except (duckdb.IOException, duckdb.InvalidInputException) as exc:
         raise _unreadable(t, exc) from exc
@@ -150,6 +190,6 @@ def _catalog_or_empty(
     owner: str,
     name: str,
     rev: str | None,
-) -> Catalog:
-    cat = revision_catalog(actor, session, settings, store, blobs, owner, name, rev)
-    return cat if cat is not None else Catalog("", [], [])
+) -> tuple[Repository | None, Catalog]:
+    repo, cat = _repo_catalog(actor, session, settings, store, blobs, owner, name, rev)
+    return (repo, cat) if cat is not None else (None, Catalog("", [], []))

@@ -29,8 +29,8 @@ from opensci.accounts.permissions import Actor
 from opensci.data import plots, sky
 from opensci.data import query as query_service
 from opensci.data import sql as engine
-from opensci.data.catalog import Catalog, Table, catalog
-from opensci.data.service import read_rows
+from opensci.data.catalog import Catalog, Table, catalog, materialize
+from opensci.data.service import Opener, opener_for, read_rows
 from opensci.data.sql_api import EXTENSIONS, MAX_SQL_CHARS
 from opensci.data.stats import table_stats
 from opensci.deps import ActorDep, BlobsDep, SessionDep, SettingsDep, StoreDep
@@ -112,9 +112,9 @@ def _run_sql(
         return SqlOutcome(sql, [], [], False, exc.message, exc.code)
 
 
-def _table_view(table: Table, offset: int) -> dict[str, Any]:
+def _table_view(table: Table, offset: int, opener: Opener | None) -> dict[str, Any]:
     offset = max(0, min(offset, max(table.num_rows - 1, 0)))
-    rows = read_rows(table, offset, ROWS_PER_PAGE)
+    rows = read_rows(table, offset, ROWS_PER_PAGE, opener)
     return {"table": table, "rows": rows, "offset": offset, "per_page": ROWS_PER_PAGE}
 
 
@@ -184,7 +184,8 @@ def viewer(
         "hx-history-restore-request"
     )
     if selected is not None and part != "sql":
-        context.update(_table_view(selected, offset))
+        opener = opener_for(settings, store, blobs, session, repo, found, selected)
+        context.update(_table_view(selected, offset, opener))
     if sql:
         context["outcome"] = _run_sql(actor, session, settings, store, blobs, repo, rev, sql)
         context.update(_sql_links(request, repo, rev, selected.name if selected else "", sql))
@@ -196,6 +197,7 @@ def viewer(
         template = "data/_rows.html" if part == "rows" else "data/_sql_result.html"
         return render(request, template, headers=headers, repo=repo, **context)
     if selected is not None:
+        materialize(settings, store, blobs, session, repo, found, [selected])  # DuckDB reads by path
         context.update(_plots(settings, sha, selected))
     return repo_page(request, "data/viewer.html", actor, repo, g, "data", headers=headers, **context)
 
