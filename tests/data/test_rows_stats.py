@@ -218,3 +218,13 @@ def test_parquet_is_read_in_place_until_duckdb_needs_a_copy(
     assert stats["columns"][0]["max"] == 49_999 and copy.exists()
     r = client.post(f"{API}/datasets/{full}/sql", json={"sql": "SELECT sum(x) AS s FROM big"})
     assert r.json()["rows"] == [[sum(range(50_000))]]
+
+
+def test_nanosecond_timestamps_are_rows_not_errors(client: TestClient, alice: Account) -> None:
+    stamps = pa.array([1_577_934_245_123_456_789, None], pa.timestamp("ns"))
+    table = pa.table({"t": stamps, "d": pa.array([1_500, None], pa.duration("ns"))})
+    full, _ = dataset(client, alice, {"events.parquet": tf.parquet_bytes(table)})
+    rows = get_rows(client, full, "events")["rows"]
+    assert rows[0]["t"].startswith("2020-01-02") and rows[0]["t"].endswith(".123456789")
+    assert rows[0]["d"] == 1.5e-6 and rows[1] == {"t": None, "d": None}
+    assert client.get(f"{API}/datasets/{full}/tables/events/stats").status_code == 200

@@ -244,3 +244,51 @@ def test_queries_beyond_the_concurrency_limit_get_503(
         assert error_code(answers["heavy"], 422) == "query_timeout"
         # The slot is free again once the heavy query ended.
         assert http.post(f"{API}/datasets/alice/busy/sql", json={"sql": "SELECT 1 AS one"}).status_code == 200
+
+
+ODD_TYPES = (
+    "SELECT TIMESTAMP_NS '2020-01-02 03:04:05.123456789' AS t, 1::TINYINT AS i8, 2::UTINYINT AS u8, "
+    "3::USMALLINT AS u16, 4::UINTEGER AS u32, 5::UBIGINT AS u64, INTERVAL 3 DAY AS gap, "
+    "union_value(k := 1) AS u"
+)
+
+
+def test_every_format_answers_types_python_and_writers_lack(
+    client: TestClient, world: dict[str, Any]
+) -> None:
+    """Nanosecond times, small and unsigned integers, intervals and unions: never a 500 nor a cut-off
+    download; values the format cannot hold are written as text."""
+    r = client.post(url("alice/sky"), json={"sql": ODD_TYPES})
+    assert r.status_code == 200, r.text
+    row = r.json()["rows"][0]
+    assert row[0] == "2020-01-02T03:04:05.123456789" and row[1:6] == [1, 2, 3, 4, 5]
+    for fmt in ("csv", "parquet", "votable"):
+        r = client.post(url("alice/sky"), json={"sql": ODD_TYPES, "format": fmt})
+        assert r.status_code == 200, (fmt, r.text[:300])
+        if fmt == "csv":
+            assert "2020-01-02T03:04:05.123456789" in r.text
+        elif fmt == "parquet":
+            back = pq.read_table(io.BytesIO(r.content))
+            assert back.num_rows == 1 and back.column("u8").to_pylist() == [2]
+        else:
+            table = parse_single_table(io.BytesIO(r.content)).to_table()
+            assert int(table["i8"][0]) == 1 and str(table["u64"][0]) == "5"
+
+
+def test_an_answer_held_in_memory_is_capped_in_bytes(
+    client: TestClient, world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine, "TAKE_MAX_BYTES", 1_000_000)
+    monkeypatch.setattr(engine.Result.take, "__defaults__", (1_000_000,))
+    r = client.post(url("alice/sky"), json={"sql": "SELECT repeat('x', 100000) AS s FROM range(50)"})
+    assert error_code(r, 413) == "query_too_large" and "CSV or Parquet" in r.json()["message"]
+    r = client.post(
+        url("alice/sky"), json={"sql": "SELECT repeat('x', 100000) AS s FROM range(50)", "format": "csv"}
+    )
+    assert r.status_code == 200 and len(r.content) > 5_000_000
+
+
+def test_deeply_nested_queries_are_refused_not_crashed(client: TestClient, world: dict[str, Any]) -> None:
+    sql = "SELECT * FROM " + "(SELECT * FROM " * 400 + "stars" + ")" * 400
+    r = client.post(url("alice/sky"), json={"sql": sql})
+    assert r.status_code == 422, r.text[:300]

@@ -39,6 +39,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute
 import pyarrow.parquet as pq
 
 FORMATS: dict[str, str] = {
@@ -136,6 +137,35 @@ def json_value(v: Any) -> Any:
     if hasattr(v, "isoformat"):
         return v.isoformat()
     return str(v)
+
+
+def exact_column(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """A column Python can hold exactly: nanosecond timestamps and times as ISO text, nanosecond
+    durations as seconds (float); other columns as they are (`to_pylist` would fail on the former)."""
+    kind = column.type
+    if getattr(kind, "unit", "") != "ns":
+        return column
+    micro = {
+        pa.types.is_timestamp(kind): lambda: pa.timestamp("us", tz=kind.tz),
+        pa.types.is_time64(kind): lambda: pa.time64("us"),
+        pa.types.is_duration(kind): lambda: pa.duration("us"),
+    }.get(True)
+    if micro is None:
+        return column
+    try:
+        return column.cast(micro())  # exact when no value has digits beyond the microsecond
+    except pa.ArrowInvalid:
+        pass
+    if pa.types.is_duration(kind):
+        return pa.compute.divide(column.cast(pa.int64()).cast(pa.float64()), 1e9)
+    if pa.types.is_time64(kind):
+        return column.cast(pa.string())
+    text = pa.compute.strftime(column, format="%Y-%m-%dT%H:%M:%S" + ("%z" if kind.tz else ""))
+    return pa.compute.replace_substring_regex(text, r"([+-]\d\d)(\d\d)$", r"\1:\2") if kind.tz else text
+
+
+def exact_table(table: pa.Table) -> pa.Table:
+    return pa.table([exact_column(c) for c in table.columns], names=table.column_names)
 
 
 # --- conversion --------------------------------------------------------------------------------------

@@ -103,7 +103,9 @@ def read_rows(table: Table, offset: int, limit: int, opener: Opener | None = Non
                 source.close()
     rows: list[dict[str, Any]] = []
     for t in out:
-        rows.extend({k: formats.json_value(v) for k, v in r.items()} for r in t.to_pylist())
+        rows.extend(
+            {k: formats.json_value(v) for k, v in r.items()} for r in formats.exact_table(t).to_pylist()
+        )
     return rows
 
 

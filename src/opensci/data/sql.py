@@ -43,6 +43,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from opensci.data.formats import exact_column
 from opensci.errors import InvalidInput, OpenSciError, PayloadTooLarge
 
 # Defaults of the limits; the server reads them from Settings (see `opensci.data.query.limits`).
@@ -70,6 +71,9 @@ class QueryTimeout(InvalidInput):
 
 class QueryTooLarge(PayloadTooLarge):
     code = "query_too_large"
+
+
+TAKE_MAX_BYTES = 64 * 2**20  # Arrow bytes of an answer built in memory (JSON, VOTable, web console)
 
 
 class SqlNotAllowed(InvalidInput):
@@ -152,7 +156,11 @@ def _walk(node: Any, names: _Names) -> None:
 
 def _names(sql: str) -> _Names:
     names = _Names()
-    _walk(_parse_tree(sql), names)
+    try:
+        tree = _parse_tree(sql)
+        _walk(tree, names)
+    except RecursionError:
+        raise SqlNotAllowed("the query is nested too deeply; simplify it") from None
     return names
 
 
@@ -289,17 +297,26 @@ class Result:
             if batch.num_rows:
                 yield batch
 
-    def take(self, limit: int) -> tuple[pa.Table, bool]:
-        """Up to `limit` rows as an Arrow table, and whether more rows were left out."""
+    def take(self, limit: int, max_bytes: int = TAKE_MAX_BYTES) -> tuple[pa.Table, bool]:
+        """Up to `limit` rows as an Arrow table, and whether more rows were left out. Answers held in
+        memory (JSON, VOTable, the web console) are also capped in bytes: beyond `max_bytes`,
+        QueryTooLarge (413) says to download CSV or Parquet, which stream."""
         got: list[pa.RecordBatch] = []
         count = 0
+        size = 0
         truncated = False
         for batch in self.batches():
-            if count + batch.num_rows > limit:
-                got.append(batch.slice(0, limit - count))
+            part = batch.slice(0, limit - count) if count + batch.num_rows > limit else batch
+            size += part.nbytes
+            if size > max_bytes:
+                raise QueryTooLarge(
+                    f"the answer holds more than {max_bytes // 2**20} MiB; download it as CSV or Parquet "
+                    "(they stream), or select fewer or shorter values"
+                )
+            got.append(part)
+            if part is not batch:
                 truncated = True
                 break
-            got.append(batch)
             count += batch.num_rows
         return pa.Table.from_batches(got, schema=self.schema), truncated
 
@@ -417,14 +434,48 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def _nanoseconds(kind: pa.DataType) -> bool:
+    """Temporal types Python cannot hold exactly (datetime has microseconds): written as ISO text."""
+    return (pa.types.is_timestamp(kind) or pa.types.is_time64(kind) or pa.types.is_duration(kind)) and (
+        getattr(kind, "unit", "") == "ns"
+    )
+
+
+def _as_text(array: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Any column as text: ISO for nanosecond times, JSON for nested values, str() for the rest."""
+    if _nanoseconds(array.type) and not pa.types.is_duration(array.type):
+        exact = exact_column(pa.chunked_array(array))
+        if pa.types.is_string(exact.type):
+            return exact.combine_chunks()
+        array = exact
+    if pa.types.is_duration(array.type):
+        seconds = pa.chunked_array(array).cast(pa.int64()).to_pylist()
+        unit = {"s": 1, "ms": 1e3, "us": 1e6, "ns": 1e9}[array.type.unit]
+        return pa.array([None if v is None else f"PT{v / unit:.9g}S" for v in seconds], pa.string())
+    out = []
+    for v in array.to_pylist():
+        value = _jsonable(v) if v is not None else None
+        out.append(
+            None if value is None else json.dumps(value) if isinstance(value, dict | list) else str(value)
+        )
+    return pa.array(out, pa.string())
+
+
 def json_rows(table: pa.Table) -> list[list[Any]]:
-    columns = [column.to_pylist() for column in table.columns]
+    columns = [exact_column(column).to_pylist() for column in table.columns]
     return [[_jsonable(v) for v in row] for row in zip(*columns, strict=True)] if columns else []
 
 
 def _flat(array: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     """Nested and binary columns as JSON / base64 text, for writers that only take flat columns."""
     kind = array.type
+    if (
+        pa.types.is_union(kind)
+        or pa.types.is_interval(kind)
+        or pa.types.is_duration(kind)
+        or _nanoseconds(kind)
+    ):
+        return _as_text(array)
     if pa.types.is_nested(kind) or pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
         values = [None if v is None else json.dumps(_jsonable(v)) for v in array.to_pylist()]
         if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
@@ -474,13 +525,27 @@ def csv_chunks(result: Result) -> Iterator[bytes]:
     yield sink.drain()
 
 
+def _parquet_ready(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """Columns Parquet cannot hold (unions, intervals) as text; everything else as it is."""
+    columns = [
+        _as_text(c) if pa.types.is_union(c.type) or pa.types.is_interval(c.type) else c for c in batch.columns
+    ]
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
+
+
 def parquet_chunks(result: Result) -> Iterator[bytes]:
     """The whole result as one Parquet file, one row group per batch."""
     sink = _Sink()
-    writer = pq.ParquetWriter(sink, result.schema, compression="zstd")
+    writer: pq.ParquetWriter | None = None
     for batch in result.batches():
-        writer.write_batch(batch)
+        ready = _parquet_ready(batch)
+        if writer is None:
+            writer = pq.ParquetWriter(sink, ready.schema, compression="zstd")
+        writer.write_batch(ready)
         yield sink.drain()
+    if writer is None:  # no rows: the schema alone
+        empty = pa.RecordBatch.from_pylist([], schema=result.schema)
+        writer = pq.ParquetWriter(sink, _parquet_ready(empty).schema, compression="zstd")
     writer.close()
     yield sink.drain()
 
@@ -489,8 +554,15 @@ def _votable_column(column: pa.ChunkedArray) -> Any:
     from astropy.table import MaskedColumn
 
     kind = column.type
-    if pa.types.is_decimal(kind):
+    widen = {pa.int8(): pa.int16(), pa.uint8(): pa.int16(), pa.uint16(): pa.int32(), pa.uint32(): pa.int64()}
+    if kind in widen:  # VOTable has no signed byte nor unsigned integers beyond unsignedByte
+        column = column.cast(widen[kind])
+    elif pa.types.is_uint64(kind):
+        column = _as_text(column)
+    elif pa.types.is_decimal(kind):
         column = column.cast(pa.float64())
+    elif pa.types.is_interval(kind) or pa.types.is_duration(kind) or _nanoseconds(kind):
+        column = _as_text(column)
     elif pa.types.is_temporal(kind):
         column = column.cast(pa.string())
     elif not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):

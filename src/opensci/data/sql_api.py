@@ -9,12 +9,13 @@ threads, so a heavy query never holds up the event loop.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -40,6 +41,7 @@ MEDIA_TYPES: dict[str, str] = {
     "parquet": "application/vnd.apache.parquet",
     "votable": "application/x-votable+xml",
 }
+VOTABLE_MAX_BYTES = 512 * 2**20  # Arrow bytes of a VOTable answer (built in memory by astropy)
 EXTENSIONS = {"csv": "csv", "parquet": "parquet", "votable": "vot"}
 
 
@@ -76,15 +78,17 @@ def _prepare(
     return _Prepared(result, f"{repo.name}-{commit[:12]}-query")
 
 
-def _json_reply(result: engine.Result, row_limit: int) -> dict[str, object]:
+def _json_reply(result: engine.Result, row_limit: int) -> bytes:
+    """The JSON answer, serialized here (in a worker thread), not on the event loop."""
     with result:
         table, truncated = result.take(row_limit)
-        return {"columns": result.columns, "rows": engine.json_rows(table), "truncated": truncated}
+        body = {"columns": result.columns, "rows": engine.json_rows(table), "truncated": truncated}
+    return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
 def _votable_reply(result: engine.Result, row_limit: int) -> bytes:
     with result:
-        table, truncated = result.take(row_limit)
+        table, truncated = result.take(row_limit, VOTABLE_MAX_BYTES)
         return engine.votable_bytes(table, truncated)
 
 
@@ -109,7 +113,7 @@ async def _answer(
     result, fmt = prepared.result, query.format
     if fmt == "json":
         body = await run_in_threadpool(_json_reply, result, settings.sql_json_row_limit)
-        return JSONResponse(body)
+        return Response(body, media_type=MEDIA_TYPES["json"])
     headers = {"Content-Disposition": f'attachment; filename="{prepared.filename}.{EXTENSIONS[fmt]}"'}
     if fmt == "votable":
         data = await run_in_threadpool(_votable_reply, result, settings.sql_votable_row_limit)
