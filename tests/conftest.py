@@ -74,6 +74,7 @@ def isolate_env(mp: pytest.MonkeyPatch, tmp: Path) -> None:
     home = tmp / "user-home"
     home.mkdir(exist_ok=True)
     mp.setenv("HOME", str(home))
+    (home / ".config").mkdir(exist_ok=True)
     mp.setenv("XDG_CONFIG_HOME", str(home / ".config"))
     mp.setenv("GIT_CONFIG_NOSYSTEM", "1")
     mp.setenv("GIT_TERMINAL_PROMPT", "0")

@@ -343,3 +343,42 @@ def test_catalog_is_built_once_and_cached(
     assert sorted(calls) == ["csv", "jsonl"]
     assert cached.stat().st_mtime_ns == before
     assert (settings.home / "derived" / sha / "tables" / "t.csv.parquet").exists()
+
+
+def test_files_of_different_formats_are_different_tables(client: TestClient, alice: Account) -> None:
+    full = new_dataset(client, alice)
+    t1 = pa.table({"x": [1, 2]})
+    other = pa.table({"y": ["a"]})
+    committed(
+        client,
+        alice,
+        full,
+        {
+            "same.csv": tf.csv_bytes(t1),
+            "same.parquet": tf.parquet_bytes(t1),
+            "data/big.csv": tf.csv_bytes(other),
+            "data/big.parquet": tf.parquet_bytes(t1),
+        },
+    )
+    t = by_name(tables(client, full))
+    assert set(t) == {"same_csv", "same_parquet", "data_big_csv", "data_big_parquet"}
+    assert all(x["num_rows"] in (1, 2) for x in t.values()) and not any(x.get("notes") for x in t.values())
+    assert t["same_csv"]["sources"] == ["same.csv"] and t["same_parquet"]["sources"] == ["same.parquet"]
+
+
+def test_a_split_the_card_declares_keeps_its_name(client: TestClient, alice: Account) -> None:
+    full = new_dataset(client, alice)
+    card = (
+        "---\nconfigs:\n- config_name: default\n  data_files:\n"
+        '  - split: train\n    path: "data/a/*.csv"\n---\n'
+    )
+    t1 = pa.table({"x": [1, 2]})
+    committed(
+        client,
+        alice,
+        full,
+        {"README.md": card, "data/a/one.csv": tf.csv_bytes(t1), "train/other.csv": tf.csv_bytes(t1)},
+    )
+    t = by_name(tables(client, full))
+    assert t["train"]["sources"] == ["data/a/one.csv"]
+    assert [x["sources"] for n, x in t.items() if n != "train"] == [["train/other.csv"]]

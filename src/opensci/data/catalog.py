@@ -70,7 +70,7 @@ from opensci.storage.store import BlobStore
 
 log = logging.getLogger("opensci.data")
 
-CATALOG_VERSION = 1
+CATALOG_VERSION = 2  # 2: files of different formats are never one table; card names win collisions
 SPLITS = ("train", "training", "test", "testing", "validation", "valid", "val", "dev", "eval")
 _SHARD = re.compile(r"^(?P<base>.+?)[-_.](?:\d+-of-\d+|\d+)$")
 _GENERIC = re.compile(r"^(?:\d+|part[-_.]?\d*|shard[-_.]?\d*|data[-_.]?\d+)$", re.IGNORECASE)
@@ -463,21 +463,24 @@ def _convention(path: str) -> tuple[str, str]:
     return folder, base
 
 
-def _groups(paths: list[str], configs: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
-    """(name, paths) of each table, before schema checks and renaming."""
+def _groups(paths: list[str], configs: list[tuple[str, list[str]]]) -> list[tuple[str, list[str], bool]]:
+    """(name, paths, declared) of each table, before schema checks and renaming: first the tables the
+    dataset card declares, then the others by the file-name conventions (files of different formats are
+    never one table: `same.csv` and `same.parquet` are two)."""
     claimed: set[str] = set()
-    groups: list[tuple[str, list[str]]] = []
+    groups: list[tuple[str, list[str], bool]] = []
     for name, globs in configs:
         regexes = [_glob_re(g) for g in globs]
         members = [p for p in paths if any(r.match(p) for r in regexes)]
         if members:
-            groups.append((name, members))
+            groups.append((name, members, True))
             claimed.update(members)
-    by_key: dict[tuple[str, str], list[str]] = {}
+    by_key: dict[tuple[str, str, str], list[str]] = {}
     for p in paths:
         if p not in claimed:
-            by_key.setdefault(_convention(p), []).append(p)
-    groups.extend((name, members) for (_, name), members in by_key.items())
+            folder, name = _convention(p)
+            by_key.setdefault((folder, name, formats.format_of(p) or ""), []).append(p)
+    groups.extend((name, members, False) for (_, name, _), members in by_key.items())
     return groups
 
 
@@ -486,30 +489,53 @@ def _stem(path: str) -> str:
     return fname.split(".", 1)[0] or fname
 
 
-def _tables(groups: list[tuple[str, list[str]]], converted: dict[str, _File]) -> list[Table]:
-    pieces: list[tuple[str, list[_File], list[str]]] = []
-    for name, members in groups:
-        fs = [converted[p] for p in members]
-        if all(f.schema.equals(fs[0].schema) for f in fs[1:]):
-            pieces.append((name, fs, []))
-        else:
-            note = f"files of table {name!r} differ in schema: each is a table of its own"
-            pieces.extend((_stem(f.path), [f], [note]) for f in fs)
-    # unique names: the colliding ones are named after their paths
+def _by_folder(name: str, fs: list[_File]) -> str:
+    folder = fs[0].path.rpartition("/")[0]
+    return "_".join(x for x in (folder.replace("/", "_"), name) if x)
+
+
+def _by_path(fs: list[_File]) -> str:
+    return fs[0].path.replace("/", "_").replace(".", "_")
+
+
+def _unique_names(pieces: list[tuple[str, list[_File], list[str], bool]]) -> list[str]:
+    """A name per piece, unique: names the dataset card declares are kept; other colliding names are
+    made unique by their folder, then by their whole path."""
+    declared = {name for name, _, _, card in pieces if card}
     counts: dict[str, int] = {}
-    for name, _, _ in pieces:
+    for name, _, _, _ in pieces:
         counts[name] = counts.get(name, 0) + 1
-    tables, taken = [], set()
-    for name, fs, notes in pieces:
-        if counts[name] > 1:
-            first = fs[0].path
-            folder = first.rpartition("/")[0]
-            name = "_".join(x for x in (folder.replace("/", "_"), name) if x)
-            if name in taken:
-                name = first.replace("/", "_").replace(".", "_")
+    names = [
+        name if card or (counts[name] == 1 and name not in declared) else _by_folder(name, fs)
+        for name, fs, _, card in pieces
+    ]
+    again: dict[str, int] = {}
+    for name in names:
+        again[name] = again.get(name, 0) + 1
+    names = [
+        _by_path(fs) if again[name] > 1 and not card else name
+        for name, (_, fs, _, card) in zip(names, pieces, strict=True)
+    ]
+    out, taken = [], set()
+    for name in names:
         while name in taken:
             name += "_"
         taken.add(name)
+        out.append(name)
+    return out
+
+
+def _tables(groups: list[tuple[str, list[str], bool]], converted: dict[str, _File]) -> list[Table]:
+    pieces: list[tuple[str, list[_File], list[str], bool]] = []
+    for name, members, card in groups:
+        fs = [converted[p] for p in members]
+        if all(f.schema.equals(fs[0].schema) for f in fs[1:]):
+            pieces.append((name, fs, [], card))
+        else:
+            note = f"files of table {name!r} differ in schema: each is a table of its own"
+            pieces.extend((_stem(f.path), [f], [note], False) for f in fs)
+    tables = []
+    for name, (_, fs, notes, _) in zip(_unique_names(pieces), pieces, strict=True):
         schema = fs[0].schema
         tables.append(
             Table(
