@@ -446,13 +446,7 @@ def changes_from(
             changes[path] = None
         else:
             raise InvalidInput(f"unknown commit operation {key!r}", code="invalid_commit")
-    changes = files.absorb_large(
-        session, settings, blobs, repo, changes, tracked=lambda p: files.tracked_by_attributes(g, base, p)
-    )
-    for path, oid, size in pointers:
-        info = files.attach_object(session, settings, blobs, repo, actor, oid, size)
-        changes[path] = files.lfs_upload(info.oid, info.size)
-    return changes
+    return files.with_large_files(session, settings, blobs, repo, actor, g, base, changes, pointers)
 
 
 def commit(

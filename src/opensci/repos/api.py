@@ -232,25 +232,10 @@ async def create_commit(
                 raise InvalidInput(f"unexpected form field {key!r}", code="invalid_form")
 
         def prepare() -> dict[str, Upload | None]:
-            # Large files (and those the branch's .gitattributes send through LFS) into the blob store
-            # first: the session writes nothing before every byte is stored.
             g = service.open_git(store, repo)
-            head = gitstore.branch_head(g, branch or repo.default_branch) or gitstore.branch_head(
-                g, repo.default_branch
-            )
-            base = g[head] if head else None
-            out = files.absorb_large(
-                session,
-                settings,
-                blobs,
-                repo,
-                changes,
-                tracked=lambda p: files.tracked_by_attributes(g, base, p),
-            )
-            for path, (oid, size) in pointers.items():
-                files.attach_object(session, settings, blobs, repo, actor, oid, size)
-                out[path] = files.lfs_upload(oid, size)
-            return out
+            base = service.branch_base(g, repo, branch)
+            found = [(path, oid, size) for path, (oid, size) in pointers.items()]
+            return files.with_large_files(session, settings, blobs, repo, actor, g, base, changes, found)
 
         changes = await run_in_threadpool(prepare)
         try:

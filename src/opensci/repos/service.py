@@ -137,6 +137,16 @@ def create_repo(
     return repo
 
 
+def find_repo(session: Session, owner: str, name: str) -> Repository | None:
+    """The repository `owner/name` (names compared case-insensitively), whoever asks: callers that answer
+    people check permissions (`get_repo` does); a signed link names what it authorizes by itself."""
+    return session.scalar(
+        select(Repository)
+        .join(Owner, Owner.id == Repository.owner_id)
+        .where(Owner.name_key == owner.lower(), Repository.name_key == name.lower())
+    )
+
+
 def get_repo(
     actor: Actor,
     session: Session,
@@ -146,11 +156,7 @@ def get_repo(
     kind: RepoKind | None = None,
 ) -> Repository:
     """The repository `owner/name` if the actor may read it (else RepoNotFound) and may do `action`."""
-    repo = session.scalar(
-        select(Repository)
-        .join(Owner, Owner.id == Repository.owner_id)
-        .where(Owner.name_key == owner.lower(), Repository.name_key == name.lower())
-    )
+    repo = find_repo(session, owner, name)
     if repo is None or not can(actor, "read", repo) or (kind is not None and repo.kind != kind):
         raise RepoNotFound(f"repository {owner}/{name} not found")
     if action != "read":
@@ -295,6 +301,14 @@ def _author(actor: Actor) -> pygit2.Signature:
     assert actor.user is not None
     email = actor.user.email or f"{actor.user.name}@users.noreply.opensci"
     return gitstore.signature(actor.user.display_name, email)
+
+
+def branch_base(g: pygit2.Repository, repo: Repository, branch: str | None) -> pygit2.Commit | None:
+    """The commit a commit to `branch` builds on: its head, else (a new branch) the default branch's."""
+    head = gitstore.branch_head(g, branch or repo.default_branch) or gitstore.branch_head(
+        g, repo.default_branch
+    )
+    return g[head] if head else None
 
 
 def commit_files(

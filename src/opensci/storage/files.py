@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -199,6 +199,30 @@ def absorb_large(
         pointer = lfs_upload(info.oid, info.size)
         pointer.executable = executable
         out[path] = pointer
+    return out
+
+
+def with_large_files(
+    session: Session,
+    settings: Settings,
+    blobs: BlobStore,
+    repo: Repository,
+    actor: Actor,
+    g: pygit2.Repository,
+    base: pygit2.Commit | None,
+    changes: Mapping[str, Change],
+    pointers: Iterable[tuple[str, str, int | None]] = (),
+) -> dict[str, Change]:
+    """The changes of a commit onto `base` with its large files in the blob store: contents over the
+    threshold, or that `base`'s .gitattributes send through LFS, absorbed; and each pointer (path, oid,
+    size) to an uploaded object attached. Absorbing comes first, so the session writes nothing before
+    every byte is stored (see `absorb_large`)."""
+    out = absorb_large(
+        session, settings, blobs, repo, changes, tracked=lambda p: tracked_by_attributes(g, base, p)
+    )
+    for path, oid, size in pointers:
+        info = attach_object(session, settings, blobs, repo, actor, oid, size)
+        out[path] = lfs_upload(info.oid, info.size)
     return out
 
 

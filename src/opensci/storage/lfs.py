@@ -27,11 +27,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from opensci.accounts.models import Owner
 from opensci.accounts.permissions import Actor, can
 from opensci.deps import credentials, resolve_actor
 from opensci.errors import Forbidden, InvalidInput, NotFound, OpenSciError, RepoNotFound, Unauthorized
@@ -127,12 +125,7 @@ def _signed(request: Request, settings: Settings, repo: Repository, op: str, oid
 def _repo_by_link(request: Request, session: Any, owner: str, repo_name: str, dataset: bool) -> Repository:
     """The repository of a signed link; the signature is checked by the caller (it names the repository
     by id, so a rename in between keeps links working and a new repository of the same name does not)."""
-    name = repo_name.removesuffix(".git")
-    repo = session.scalar(
-        select(Repository)
-        .join(Owner, Owner.id == Repository.owner_id)
-        .where(Owner.name_key == owner.lower(), Repository.name_key == name.lower())
-    )
+    repo = repos.find_repo(session, owner, repo_name.removesuffix(".git"))
     if repo is None or (repo.kind == RepoKind.dataset) != dataset:
         raise _bad_link()
     return repo
