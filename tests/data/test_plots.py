@@ -67,6 +67,33 @@ def test_histogram_bars_heights_and_tooltips() -> None:
     assert tips == ["[0, 1): 2", "[1, 2): 0", "[2, 3]: 4"]
 
 
+def _text_boxes(root: ET.Element) -> list[tuple[float, float]]:
+    """The vertical extent of each label: 11px text reaches ~9px above its baseline and ~3px below."""
+    return [(float(t.get("y")) - 9, float(t.get("y")) + 3) for t in root.iter(f"{SVG}text")]
+
+
+@pytest.mark.parametrize("counts", [[9, 1, 1], [1, 1, 9], [5, 5, 5], [0, 9, 0], [1]])
+def test_histogram_labels_never_overlap_the_bars(counts: list[int]) -> None:
+    edges = [-123456.789 + i * 1000.5 for i in range(len(counts) + 1)]
+    root = ET.fromstring(plots.histogram_svg(edges, counts, title="x"))
+    bars = [b for b in root.findall(f"{SVG}rect") if float(b.get("height")) > 0]
+    assert bars and any("max" in (t.text or "") for t in root.iter(f"{SVG}text"))
+    for low, high in _text_boxes(root):
+        for bar in bars:
+            top, bottom = float(bar.get("y")), float(bar.get("y")) + float(bar.get("height"))
+            assert high <= top or low >= bottom, (low, high, top, bottom)
+    for low, _ in _text_boxes(root):
+        assert low >= 0
+
+
+def test_counts_in_plot_labels_agree_with_their_nouns() -> None:
+    root = ET.fromstring(plots.histogram_svg([0, 1], [1], title="x"))
+    assert root.find(f"{SVG}title").text == "Histogram of x: 1 value in 1 bin"
+    sky = ET.fromstring(plots.sky_map_svg(np.ones((1, 1)), [0, 360], [-90, 90], title="c"))
+    assert "c: 1 source," in sky.find(f"{SVG}title").text
+    assert [p.find(f"{SVG}title").text for p in sky.findall(f"{SVG}path")] == ["1 cell with 1 source"]
+
+
 def test_histogram_of_nothing_and_bad_edges() -> None:
     svg = plots.histogram_svg([], [], title="empty")
     assert "no values" in svg
@@ -102,7 +129,7 @@ def test_sky_map_draws_each_level_with_its_range() -> None:
     assert "1001 sources" in root.find(f"{SVG}title").text
     paths = root.findall(f"{SVG}path")
     tips = sorted(p.find(f"{SVG}title").text for p in paths)
-    assert tips == ["1 cell with 1 sources", "1 cell with 1000 sources"]
+    assert tips == ["1 cell with 1 source", "1 cell with 1000 sources"]
     brightest = next(p for p in paths if "1000" in p.find(f"{SVG}title").text)
     assert brightest.get("fill") == plots.colour(1.0)
     # The RA 0-10° cell lies just left of the centre, above the equator.
@@ -112,7 +139,7 @@ def test_sky_map_draws_each_level_with_its_range() -> None:
     centre_x = width / 2
     assert max(xs) == pytest.approx(centre_x, abs=0.1) and min(xs) < centre_x
     # The cell starting at RA 180° hugs the right edge (RA 180 is the map's edge, RA grows leftwards).
-    faint = next(p for p in paths if "with 1 sources" in p.find(f"{SVG}title").text)
+    faint = next(p for p in paths if "with 1 source" in p.find(f"{SVG}title").text)
     fx = [float(v) for v in re.findall(r"-?\d+(?:\.\d+)?", faint.get("d") or "")][0::2]
     assert min(fx) > centre_x + 0.9 * (width / 2 - 10)
     assert max(ys) < float(root.find(f"{SVG}ellipse").get("cy")) + 0.1

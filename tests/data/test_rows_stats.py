@@ -149,7 +149,7 @@ def test_stats_match_numpy(client: TestClient, alice: Account) -> None:
     valid = x[~x_nulls]
     finite = valid[np.isfinite(valid)]
     cx = cols["x"]
-    assert cx["type"] == "DOUBLE" and cx["count"] == n
+    assert cx["type"] == "double" and cx["count"] == n
     assert cx["nulls"] == int(x_nulls.sum())
     assert cx["non_finite"] == int(np.isnan(valid).sum())
     assert cx["min"] == finite.min() and cx["max"] == finite.max()
@@ -176,6 +176,35 @@ def test_stats_match_numpy(client: TestClient, alice: Account) -> None:
         True: int(flag.sum()),
         False: int((~flag).sum()),
     }
+
+
+def test_stats_and_tables_name_column_types_alike(client: TestClient, alice: Account) -> None:
+    table = pa.table(
+        {
+            "i": pa.array([1, 2], pa.int64()),
+            "f": pa.array([1.5, 2.5], pa.float32()),
+            "s": pa.array(["a", "b"]),
+            "ts": pa.array([dt.datetime(2024, 1, 2)] * 2, pa.timestamp("us")),
+            "dec": pa.array([decimal.Decimal("1.10")] * 2, pa.decimal128(5, 2)),
+            "l": pa.array([[1], [2]]),
+            "b": pa.array([True, False]),
+        }
+    )
+    full, _ = dataset(client, alice, {"t.parquet": tf.parquet_bytes(table)})
+    listed = client.get(f"{API}/datasets/{full}/tables").json()["tables"][0]["columns"]
+    stats = client.get(f"{API}/datasets/{full}/tables/t/stats").json()["columns"]
+    assert [(c["name"], c["type"]) for c in stats] == [(c["name"], c["type"]) for c in listed]
+    assert [c["type"] for c in listed] == [
+        "int64",
+        "float",
+        "string",
+        "timestamp[us]",
+        "decimal128(5, 2)",
+        "list<element: int64>",
+        "bool",
+    ]
+    by_name = {c["name"]: c for c in stats}
+    assert by_name["f"]["histogram"] and by_name["s"]["top"] and by_name["dec"]["min"] == "1.10"
 
 
 def test_stats_are_computed_once_per_commit(

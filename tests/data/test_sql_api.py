@@ -237,8 +237,12 @@ def test_queries_beyond_the_concurrency_limit_get_503(
 
         thread = threading.Thread(target=heavy)
         thread.start()
-        time.sleep(0.5)
+        # Ask until the heavy query holds the slot (under load it may take a moment to get there).
+        started = time.monotonic()
         busy = http.post(f"{API}/datasets/alice/busy/sql", json={"sql": "SELECT 1"})
+        while busy.status_code == 200 and thread.is_alive() and time.monotonic() - started < 10:
+            time.sleep(0.05)
+            busy = http.post(f"{API}/datasets/alice/busy/sql", json={"sql": "SELECT 1"})
         assert error_code(busy, 503) == "too_many_queries" and busy.headers["retry-after"] == "5"
         thread.join(timeout=30)
         assert error_code(answers["heavy"], 422) == "query_timeout"

@@ -183,6 +183,8 @@ def test_unreadable_files_are_reported_and_the_rest_works(
             "broken.h5": b"\x89HDF\r\n\x1a\n" + b"\x00" * 100,
             "bad.jsonl": b'{"a": 1}\n{"a": \n',
             "bad.vot": b"<?xml version='1.0'?><VOTABLE><RESOURCE><TABLE><FIELD name='x'",
+            "odd.vot": b"<VOTABLE><RESOURCE><TABLE><FIELD name='a' datatype='bogus'/>"
+            b"</TABLE></RESOURCE></VOTABLE>",
         },
     )
     listing = tables(client, full)
@@ -196,12 +198,33 @@ def test_unreadable_files_are_reported_and_the_rest_works(
         "broken.h5",
         "bad.jsonl",
         "bad.vot",
+        "odd.vot",
     }, errors
     assert "Parquet" in errors["truncated.parquet"]
     assert "no table HDU" in errors["image.fits"]
     assert "CSV" in errors["garbage.csv"]
     assert all(reason for reason in errors.values())
+    for path, reason in errors.items():  # sentences people can read: no raw bytes, no server paths
+        assert reason.isprintable() and "b'" not in reason and "\\x" not in reason, (path, reason)
+        assert "/tmp" not in reason and "derived" not in reason, (path, reason)
+    assert errors["corrupt.parquet"].startswith("not a valid Parquet file: ")
+    assert "line 1" in errors["bad.vot"] and "datatype" in errors["odd.vot"]
     assert rows(client, full, "good")["num_rows"] == 3
+
+
+def test_reasons_are_sentences_without_raw_bytes_or_paths() -> None:
+    from opensci.data.reasons import readable
+
+    assert readable("Couldn't deserialize thrift: don't know what type: \x0f") == (
+        "its metadata (the footer) is damaged"
+    )
+    assert readable("invalid literal b'\\x00\\xffab' in row 3") == "invalid literal '??ab' in row 3"
+    assert readable("/srv/opensci/derived/abc/tmp/src-x1:3:14: E06: Unknown datatype") == (
+        "line 3, column 14: Unknown datatype"
+    )
+    assert readable("CSV parse error: Expected 2 columns, got 4: 3,4,\x00\ufffd") == (
+        "a row has 4 fields where the header has 2: 3,4,??"
+    )
 
 
 def test_shards_and_split_folders_group_into_one_table(client: TestClient, alice: Account) -> None:

@@ -231,3 +231,16 @@ def test_hostile_names_and_values_are_escaped_in_html_and_svg(
     r = web.get(f"{ref.url}/viewer", params={"sql": f"SELECT '{HOSTILE}' AS \"{quoted}\""})
     result = r.text[r.text.index('id="sql-result"') :]
     assert "<script>" not in result and "&lt;script&gt;" in result
+
+
+def test_counts_agree_with_their_nouns(
+    web: TestClient, alice: Account, make_repo: Callable[..., RepoRef]
+) -> None:
+    files = {"one.csv": "ra,dec\n10,20\n"} | {f"parts/p-{i:04d}.csv": "ra,dec\n1,2\n" for i in range(11)}
+    ref = make_repo(alice, "single", kind="dataset", files=files)
+    page = web.get(f"{ref.url}/viewer?table=one").text
+    assert "1 row · 2 columns" in page and '<span class="count">1 row</span>' in page
+    assert "1 source," in page and "1 sources" not in page
+    assert "1 position from" in page
+    parts = web.get(f"{ref.url}/viewer?table=p").text
+    assert "11 rows · 2 columns" in parts and "and 1 more file</p>" in parts

@@ -42,6 +42,8 @@ import pyarrow as pa
 import pyarrow.compute
 import pyarrow.parquet as pq
 
+from opensci.data.reasons import first_line as _first_line
+
 FORMATS: dict[str, str] = {
     ".parquet": "parquet",
     ".pq": "parquet",
@@ -109,10 +111,20 @@ def sniff(fmt: str, head: bytes) -> str | None:
 # --- JSON-safe values --------------------------------------------------------------------------------
 
 
+def json_decimal(d: decimal.Decimal) -> int | str | None:
+    """A decimal as JSON keeps every digit of it: a whole number (the type has no fractional digits:
+    DECIMAL(p, 0), HUGEINT) as an integer, else as text in plain notation ("1.50", "-0.000001")."""
+    if not d.is_finite():
+        return None
+    exponent = d.as_tuple().exponent
+    return int(d) if isinstance(exponent, int) and exponent >= 0 else format(d, "f")
+
+
 def json_value(v: Any) -> Any:
     """A value of a table cell or a statistic, as JSON can carry it: NaN and infinities become null,
-    bytes text (UTF-8) or else `base64:` + base64, dates and times ISO 8601, decimals strings,
-    durations seconds; lists and mappings recursively."""
+    bytes text (UTF-8) or else `base64:` + base64, dates and times ISO 8601, decimals as `json_decimal`
+    (whole numbers as integers, others as exact text), durations seconds; lists and mappings
+    recursively."""
     if v is None or isinstance(v, (bool, int, str)):
         return v
     if isinstance(v, float):
@@ -126,7 +138,7 @@ def json_value(v: Any) -> Any:
     if isinstance(v, dt.timedelta):
         return v.total_seconds()
     if isinstance(v, decimal.Decimal):
-        return str(v)
+        return json_decimal(v)
     if isinstance(v, dict):
         return {str(k): json_value(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
@@ -198,11 +210,6 @@ def to_parquet(fmt: str, source: Path | BinaryIO, dest: Path, *, tmp_dir: Path) 
         tmp.unlink(missing_ok=True)
         if spooled is not None:
             spooled.unlink(missing_ok=True)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
 
 
 def _spool(stream: BinaryIO, tmp_dir: Path) -> Path:

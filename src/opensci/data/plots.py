@@ -46,6 +46,11 @@ def fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
+def plural(n: int, word: str) -> str:
+    """`1 source`, `2 sources`: a count with its noun agreeing."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def _n(x: float) -> str:
     """A coordinate, rounded to keep the SVG small."""
     return f"{x:.2f}".rstrip("0").rstrip(".") if x == x else "0"
@@ -66,15 +71,16 @@ def histogram_svg(
     """A histogram of `counts` over the bins `[edges[i], edges[i+1])`, as an SVG document fragment.
 
     `title` names the plot for screen readers (e.g. the column); each bar has a tooltip with its range
-    and count. Empty input draws the axes with a "no values" note."""
+    and count. Empty input draws the axes with a "no values" note. Labels have bands of their own, above
+    the bars (the tallest bar's count) and below the axis (the range), so they never cover a bar."""
     if len(counts) and len(edges) != len(counts) + 1:
         raise ValueError(f"{len(edges)} edges for {len(counts)} bins: need one more edge than bins")
     pid = svg_id(id_prefix)
-    left, right, top, bottom = 6, 6, 8, 20
+    left, right, top, bottom = 6, 6, 18, 20  # 11px labels: top band 0-18, bottom band under the axis
     plot_w, plot_h = width - left - right, height - top - bottom
     total = int(sum(int(c) for c in counts))
     peak = max((int(c) for c in counts), default=0)
-    label = f"Histogram of {title}: {total} values in {len(counts)} bins"
+    label = f"Histogram of {title}: {plural(total, 'value')} in {plural(len(counts), 'bin')}"
     parts = [
         f'<svg class="plot plot-histogram" xmlns="http://www.w3.org/2000/svg" role="img" '
         f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" aria-labelledby="{pid}-title">',
@@ -111,7 +117,7 @@ def histogram_svg(
             f"{_e(high)}</text>"
         )
     if peak:
-        parts.append(f'<text class="plot-label" x="{left + 2}" y="{top + 8}">max {peak}</text>')
+        parts.append(f'<text class="plot-label" x="{left}" y="{top - 5}">max {peak}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -217,7 +223,9 @@ def sky_map_svg(
     ox, oy = width / 2, margin + map_h / 2
     total = int(grid.sum())
     peak = int(grid.max()) if grid.size else 0
-    label = f"Sky density map of {title}: {total} sources, Mollweide projection, RA 0° at the centre"
+    label = (
+        f"Sky density map of {title}: {plural(total, 'source')}, Mollweide projection, RA 0° at the centre"
+    )
     parts = [
         f'<svg class="plot plot-sky" xmlns="http://www.w3.org/2000/svg" role="img" '
         f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" aria-labelledby="{pid}-title">',
@@ -243,8 +251,8 @@ def sky_map_svg(
         low, high = bounds[level]
         cells = levels[level]
         fill = colour(level / (LEVELS - 1))
-        span = f"{low}-{high}" if high != low else f"{low}"
-        tip = f"{len(cells)} cell{'s' if len(cells) != 1 else ''} with {span} sources"
+        span = f"{low}-{high} sources" if high != low else plural(low, "source")
+        tip = f"{plural(len(cells), 'cell')} with {span}"
         parts.append(
             f'<path class="plot-cells" fill="{fill}" stroke="{fill}" stroke-width="0.4" '
             f'd="{_cells_path(cells, sx, ox, oy)}">'

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from sqlalchemy.orm import Session
 
 from opensci.accounts.permissions import Actor
-from opensci.data import formats, stats
+from opensci.data import formats, reasons, stats
 from opensci.data.catalog import Catalog, Table, catalog, materialize, open_table_file
 from opensci.errors import InvalidInput
 from opensci.repos import gitstore
@@ -179,8 +179,9 @@ def table_stats(
 
 def _unreadable(table: Table, exc: Exception) -> InvalidInput:
     """Damage inside a file whose footer looked fine is found only when its pages are read."""
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-    return InvalidInput(f"table {table.name!r} has unreadable data: {first}", code="unreadable_table")
+    return InvalidInput(
+        f"table {table.name!r} has unreadable data: {reasons.first_line(exc)}", code="unreadable_table"
+    )
 
 
 def _catalog_or_empty(

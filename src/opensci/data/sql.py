@@ -1,4 +1,4 @@
-"""Sandboxed SQL over the tables of a dataset revision, with DuckDB in-process.
+"""Sandboxed SQL over the tables of a dataset revision, with DuckDB in a worker process per query.
 
 Every query gets a fresh in-memory DuckDB database whose only content is one view per table over the
 revision's derived Parquet files (and, for cross-dataset joins, one schema `"owner/name"` per referenced
@@ -8,42 +8,35 @@ dataset holding views of its tables). Before the user's SQL runs the database is
   disk or on the network can be read or written (no `read_csv('/etc/passwd')`, no `FROM 'file'`, no
   URLs, no COPY, no ATTACH, no INSTALL);
 - extensions are neither auto-installed nor auto-loaded, and `lock_configuration` forbids any SET;
-- spilling to disk is disabled (`temp_directory = ''`), so `memory_limit` is a hard cap;
-- the statement is parsed by DuckDB's own parser first: exactly one statement, of type SELECT (which
-  covers WITH, VALUES, FROM-first, DESCRIBE and SUMMARIZE), and its syntax tree (`json_serialize_sql`)
-  may only name the revision's tables, CTEs, referenced datasets' tables and a few harmless table
-  functions (`range`, `unnest` …) — which also hides DuckDB's catalog views and settings (they would
-  reveal server paths).
+- spilling to disk is disabled (`temp_directory = ''`);
+- the statement is parsed by DuckDB's own parser first (here, in the server): exactly one statement, of
+  type SELECT (which covers WITH, VALUES, FROM-first, DESCRIBE, SUMMARIZE, and PIVOT/UNPIVOT with their
+  values listed), and its syntax tree (`json_serialize_sql`) may only name the revision's tables, CTEs,
+  referenced datasets' tables and a few harmless table functions (`range`, `unnest` …) — which also hides
+  DuckDB's catalog views and settings (they would reveal server paths).
 
-A timer interrupts the connection when the time limit passes (`con.interrupt()`), during execution and
-while a streamed result is being read. DuckDB releases the GIL, so callers run `run()` and the result
-iterators in a worker thread and the event loop keeps answering other requests.
+The query then runs in a worker process (`sql_worker`, `sql_run`) whose memory is capped as a whole —
+DuckDB's own `memory_limit` covers only its buffer manager — and which is killed when the time limit
+passes, during execution and while a streamed result is being read. The server reads the answer from a
+pipe in a worker thread, so the event loop keeps answering other requests.
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import datetime
-import decimal
-import io
 import json
-import math
 import os
 import re
+import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import duckdb
-import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
-from opensci.data.formats import exact_column
+from opensci.data import sql_worker
 from opensci.errors import InvalidInput, OpenSciError, PayloadTooLarge
 
 # Defaults of the limits; the server reads them from Settings (see `opensci.data.query.limits`).
@@ -65,8 +58,18 @@ ALLOWED_SHOWS = frozenset({"DESCRIBE", "SUMMARY"})
 DATASET_SCHEMA = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(@[^\s\"]+)?$")
 
 
+TIMEOUT_MESSAGE = "the query ran longer than the time limit and was stopped; narrow it down"
+MEMORY_MESSAGE = "the query needs more memory than the limit allows; aggregate or filter more, or add LIMIT"
+
+
 class QueryTimeout(InvalidInput):
     code = "query_timeout"
+
+
+class QueryFailed(OpenSciError):
+    """The worker running the query ended without an answer or an error (a crash in DuckDB, say)."""
+
+    status, code = 500, "query_failed"
 
 
 class QueryTooLarge(PayloadTooLarge):
@@ -105,7 +108,14 @@ def _parse_tree(sql: str) -> dict[str, Any]:
         raise SqlNotAllowed(f"send exactly one SQL statement, not {len(statements)}")
     kind = statements[0].type
     if kind != duckdb.StatementType.SELECT:
-        raise SqlNotAllowed(f"only queries (SELECT, WITH, VALUES …) are allowed, not {kind.name}")
+        written = _statement_name(statements[0].query, kind.name)
+        if written in ("PIVOT", "UNPIVOT"):
+            raise SqlNotAllowed(
+                f"{written} without IN (…) is not available here: DuckDB first stores the column's distinct "
+                "values as a new type, and queries here only read; list the values instead: "
+                "PIVOT … ON column IN ('a', 'b') USING …"
+            )
+        raise SqlNotAllowed(f"only queries (SELECT, WITH, VALUES …) are allowed, not {written}")
     global _parser
     with _parser_lock:
         if _parser is None:
@@ -118,6 +128,20 @@ def _parse_tree(sql: str) -> dict[str, Any]:
         message = tree.get("error_message", "cannot parse the query")
         raise SqlNotAllowed(f"only plain queries are allowed: {message}")
     return tree
+
+
+_LEADING_WORDS = re.compile(r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*([A-Za-z]+)(?:\s+([A-Za-z]+))?", re.DOTALL)
+
+
+def _statement_name(text: str, kind: str) -> str:
+    """The statement as the user wrote it (INSTALL, RESET, USE, BEGIN …), not DuckDB's statement type,
+    which groups several (LOAD for INSTALL, SET for RESET and USE); the type when the text starts with a
+    WITH clause."""
+    m = _LEADING_WORDS.match(text)
+    if m is None or m.group(1).upper() == "WITH":
+        return kind
+    first, second = m.group(1).upper(), (m.group(2) or "").upper()
+    return f"FORCE {second}" if first == "FORCE" and second else first
 
 
 @dataclass
@@ -221,40 +245,78 @@ def _views(schema: str | None, tables: Mapping[str, Sequence[Path]]) -> list[str
 
 
 _path_text = re.compile(r"(/[^\s'\"]*)+\.parquet")
+# Hints DuckDB adds to its errors that point at what the sandbox forbids (settings, extensions, docs).
+_HINT = re.compile(
+    r"\b(?:SET|RESET|PRAGMA|INSTALL|LOAD|FORCE)\s+['\"\w]"
+    r"|(?<![\"'\w])(?i:extensions?|autoload\w*)(?![\"'\w])|(?i:duckdb\.org|for more information)"
+)
+# A suggestion naming what the sandbox hides ("Did you mean "current_setting"?").
+_INTERNAL = re.compile(
+    r"(?:Did you mean|Candidate).*\b(?:"
+    + "|".join(re.escape(n) for n in [*DENIED_FUNCTIONS, *DENIED_PREFIXES])
+    + ")",
+    re.IGNORECASE,
+)
 
 
 def _clean(message: str) -> str:
-    """A DuckDB error message without server paths and without DuckDB's "Did you mean" about internals."""
+    """A DuckDB error message that only says what is wrong with the query: without server paths, the
+    LINE excerpt, "Possible solutions", hints to change settings or load extensions, and suggestions
+    ("Did you mean …") that name what the sandbox hides."""
     message = _path_text.sub("<table file>", message)
-    return message.split("\n\nLINE ")[0].strip()
+    message = message.split("\n\nLINE ")[0].split("Possible solutions:")[0]
+    message = re.sub(r",? but it exists in the \w+ extension\.?", "", message)
+    kept: list[str] = []
+    for line in (part.strip() for part in message.splitlines()):
+        sentences = [
+            s
+            for s in re.split(r"(?<=[.!?])\s+", line)
+            if s and not _HINT.search(s) and not _INTERNAL.search(s)
+        ]
+        if sentences:
+            kept.append(" ".join(sentences))
+    return "\n".join(kept) or message.strip().splitlines()[0]
 
 
-def _error(exc: BaseException, timed_out: bool) -> OpenSciError:
+def error_of(exc: BaseException, timed_out: bool) -> OpenSciError:
     """The reply for a DuckDB error (also when it comes wrapped by Arrow while a result streams)."""
     text = str(exc)
     if timed_out or isinstance(exc, duckdb.InterruptException) or text.startswith("INTERRUPT"):
-        return QueryTimeout("the query ran longer than the time limit and was stopped; narrow it down")
-    if isinstance(exc, duckdb.OutOfMemoryException) or "Out of Memory" in text:
-        return QueryTooLarge(
-            "the query needs more memory than the limit allows; aggregate or filter more, or add LIMIT"
-        )
+        return QueryTimeout(TIMEOUT_MESSAGE)
+    if isinstance(exc, duckdb.OutOfMemoryException | MemoryError) or "Out of Memory" in text:
+        return QueryTooLarge(MEMORY_MESSAGE)
     if isinstance(exc, duckdb.PermissionException):
         return SqlNotAllowed("the query tries to reach files, URLs or settings outside the dataset")
     return InvalidInput(_clean(str(exc)), code="invalid_sql")
 
 
-class Result:
-    """A running query: column names and types, then its rows as JSON, Arrow batches, CSV or Parquet.
+def _wire_error(payload: bytes) -> OpenSciError:
+    """An error the worker sent back, as the exception it stands for."""
+    data = json.loads(payload)
+    kinds: dict[str, type[OpenSciError]] = {
+        "query_timeout": QueryTimeout,
+        "query_too_large": QueryTooLarge,
+        "sql_not_allowed": SqlNotAllowed,
+    }
+    kind = kinds.get(data["code"])
+    return kind(data["message"]) if kind else InvalidInput(data["message"], code=data["code"])
 
-    Always `close()` it (also a context manager); closing cancels the time limit and frees the database.
+
+class Result:
+    """A running query: column names and types, then its rows as Arrow batches (see `sql_formats` for
+    JSON, CSV, Parquet and VOTable).
+
+    Always `close()` it (also a context manager); closing cancels the time limit and ends the worker.
     """
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, reader: pa.RecordBatchReader, timer: _Deadline):
-        self._con = con
-        self._reader = reader
-        self._deadline = timer
-        self.schema: pa.Schema = reader.schema
-        self.columns: list[str] = list(reader.schema.names)
+    def __init__(self, worker: sql_worker.Worker, deadline: _Deadline, limits: Limits) -> None:
+        self._worker = worker
+        self._deadline = deadline
+        self._stream_bytes = sql_worker.size_bytes(limits.memory_limit) + sql_worker.HEADROOM_BYTES
+        self._done = False
+        self._closed = False
+        self.schema = pa.schema([])
+        self.columns: list[str] = []
         self._pending: list[pa.RecordBatch] = []
         self._on_close: list[Callable[[], None]] = []
 
@@ -269,12 +331,41 @@ class Result:
         self.close()
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self._deadline.cancel()
-        with contextlib.suppress(duckdb.Error):
-            self._con.close()
+        sql_worker.done(self._worker)
         callbacks, self._on_close = self._on_close, []
         for fn in callbacks:
             fn()
+
+    def _start(self) -> None:
+        """Read the schema (or the query's error)."""
+        kind, payload = self._message(self._stream_bytes, MEMORY_MESSAGE)
+        if kind == sql_worker.KIND_ERROR:
+            raise _wire_error(payload)
+        self.schema = pa.ipc.open_stream(payload).schema
+        self.columns = list(self.schema.names)
+
+    def _message(self, max_bytes: int, too_large: str) -> tuple[bytes, bytes]:
+        try:
+            return self._worker.read(max_bytes)
+        except sql_worker.MessageTooLarge:
+            raise QueryTooLarge(too_large) from None
+        except sql_worker.WorkerGone:
+            raise self._gone() from None
+
+    def _gone(self) -> OpenSciError:
+        """Why the worker ended early: the time limit, memory (the kernel kills with SIGKILL), or else."""
+        if self._deadline.fired:
+            return QueryTimeout(TIMEOUT_MESSAGE)
+        code = self._worker.exit_code()
+        if code in (sql_worker.MEMORY_EXIT, -signal.SIGKILL):
+            return QueryTooLarge(MEMORY_MESSAGE)
+        if code == -signal.SIGALRM:
+            return QueryTimeout(TIMEOUT_MESSAGE)
+        return QueryFailed(f"the query stopped unexpectedly (its process ended with code {code}); try again")
 
     def prefetch(self) -> None:
         """Read the first batch now, so that errors of a streaming query surface before a reply starts."""
@@ -282,37 +373,46 @@ class Result:
         if batch is not None:
             self._pending.append(batch)
 
-    def _next(self) -> pa.RecordBatch | None:
+    def _next(self, max_bytes: int | None = None, too_large: str = MEMORY_MESSAGE) -> pa.RecordBatch | None:
         if self._pending:
             return self._pending.pop(0)
-        try:
-            return self._reader.read_next_batch()
-        except StopIteration:
+        if self._done:
             return None
-        except (duckdb.Error, pa.ArrowException, OSError) as exc:
-            raise _error(exc, self._deadline.fired) from exc
+        limit = self._stream_bytes if max_bytes is None else min(max_bytes, self._stream_bytes)
+        kind, payload = self._message(limit, too_large)
+        if kind == sql_worker.KIND_BATCH:
+            return pa.ipc.open_stream(payload).read_next_batch()
+        if kind == sql_worker.KIND_ERROR:
+            raise _wire_error(payload)
+        self._done = True
+        return None
 
-    def batches(self) -> Iterator[pa.RecordBatch]:
-        while (batch := self._next()) is not None:
+    def _batches(self, max_bytes: int | None, too_large: str) -> Iterator[pa.RecordBatch]:
+        while (batch := self._next(max_bytes, too_large)) is not None:
             if batch.num_rows:
                 yield batch
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        """The rows, batch by batch, as the worker sends them."""
+        return self._batches(None, MEMORY_MESSAGE)
 
     def take(self, limit: int, max_bytes: int = TAKE_MAX_BYTES) -> tuple[pa.Table, bool]:
         """Up to `limit` rows as an Arrow table, and whether more rows were left out. Answers held in
         memory (JSON, VOTable, the web console) are also capped in bytes: beyond `max_bytes`,
         QueryTooLarge (413) says to download CSV or Parquet, which stream."""
+        too_large = (
+            f"the answer holds more than {max_bytes // 2**20} MiB; download it as CSV or Parquet "
+            "(they stream), or select fewer or shorter values"
+        )
         got: list[pa.RecordBatch] = []
         count = 0
         size = 0
         truncated = False
-        for batch in self.batches():
+        for batch in self._batches(max_bytes, too_large):
             part = batch.slice(0, limit - count) if count + batch.num_rows > limit else batch
             size += part.nbytes
             if size > max_bytes:
-                raise QueryTooLarge(
-                    f"the answer holds more than {max_bytes // 2**20} MiB; download it as CSV or Parquet "
-                    "(they stream), or select fewer or shorter values"
-                )
+                raise QueryTooLarge(too_large)
             got.append(part)
             if part is not batch:
                 truncated = True
@@ -322,17 +422,18 @@ class Result:
 
 
 class _Deadline:
-    def __init__(self, con: duckdb.DuckDBPyConnection, seconds: float) -> None:
+    """Kills the worker when the time limit passes."""
+
+    def __init__(self, worker: sql_worker.Worker, seconds: float) -> None:
         self.fired = False
-        self._con = con
+        self._worker = worker
         self._timer = threading.Timer(seconds, self._fire)
         self._timer.daemon = True
         self._timer.start()
 
     def _fire(self) -> None:
         self.fired = True
-        with contextlib.suppress(duckdb.Error):
-            self._con.interrupt()
+        self._worker.kill()
 
     def cancel(self) -> None:
         self._timer.cancel()
@@ -381,7 +482,8 @@ def run(
     sql: str,
     limits: Limits | None = None,
 ) -> Result:
-    """Run one read-only query over `tables` ({name: Parquet files}) and `extra` ({"owner/name": tables}).
+    """Run one read-only query over `tables` ({name: Parquet files}) and `extra` ({"owner/name": tables})
+    in a worker process (see `sql_worker`).
 
     Blocking: call it in a worker thread. Raises `InvalidInput` (invalid SQL, unknown table),
     `SqlNotAllowed`, `QueryTimeout` or `QueryTooLarge`; the returned `Result` streams the rows and must be
@@ -391,203 +493,35 @@ def run(
     if not sql.strip():
         raise InvalidInput("the query is empty", code="invalid_sql")
     _check(_names(sql), tables, extra)
-    con = connect(tables, extra, limits)
-    deadline = _Deadline(con, limits.timeout_seconds)
+    sql_worker.size_bytes(limits.memory_limit)  # a bad setting fails here, not in the worker
+    request = {
+        "tables": {name: [str(p) for p in paths] for name, paths in tables.items()},
+        "extra": {
+            schema: {name: [str(p) for p in paths] for name, paths in its.items()}
+            for schema, its in extra.items()
+        },
+        "sql": sql,
+        "limits": asdict(limits),
+    }
+    worker = sql_worker.take()
     try:
-        reader = con.sql(sql).to_arrow_reader(BATCH_ROWS)
-    except (duckdb.Error, pa.ArrowException, OSError) as exc:
-        deadline.cancel()
-        con.close()
-        raise _error(exc, deadline.fired) from exc
+        worker.send(request)
+    except sql_worker.WorkerGone:  # an idle worker that just ended: one more try with a fresh one
+        sql_worker.done(worker)
+        worker = sql_worker.take()
+        try:
+            worker.send(request)
+        except sql_worker.WorkerGone as exc:
+            sql_worker.done(worker)
+            raise QueryFailed("no worker process could start the query; try again") from exc
+    result = Result(worker, _Deadline(worker, limits.timeout_seconds), limits)
+    try:
+        result._start()
+    except sql_worker.WorkerGone:
+        error = result._gone()
+        result.close()
+        raise error from None
     except BaseException:
-        deadline.cancel()
-        con.close()
+        result.close()
         raise
-    return Result(con, reader, deadline)
-
-
-# --- result formats --------------------------------------------------------------------------------------
-
-
-def _jsonable(value: Any) -> Any:
-    """A JSON-safe form of a DuckDB value: NaN/inf as null, decimals as floats, times as ISO text."""
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, decimal.Decimal):
-        return float(value) if value.is_finite() else None
-    if isinstance(value, datetime.datetime | datetime.date | datetime.time):
-        return value.isoformat()
-    if isinstance(value, datetime.timedelta):
-        return value.total_seconds()
-    if isinstance(value, bytes | bytearray | memoryview):
-        return base64.b64encode(bytes(value)).decode("ascii")
-    if isinstance(value, pa.MonthDayNano):  # an interval, as ISO 8601
-        return f"P{value.months}M{value.days}DT{value.nanoseconds / 1e9:g}S"
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        if value and all(isinstance(item, tuple) and len(item) == 2 for item in value):  # Arrow maps
-            return {str(k): _jsonable(v) for k, v in value}
-        return [_jsonable(item) for item in value]
-    return str(value)
-
-
-def _nanoseconds(kind: pa.DataType) -> bool:
-    """Temporal types Python cannot hold exactly (datetime has microseconds): written as ISO text."""
-    return (pa.types.is_timestamp(kind) or pa.types.is_time64(kind) or pa.types.is_duration(kind)) and (
-        getattr(kind, "unit", "") == "ns"
-    )
-
-
-def _as_text(array: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """Any column as text: ISO for nanosecond times, JSON for nested values, str() for the rest."""
-    if _nanoseconds(array.type) and not pa.types.is_duration(array.type):
-        exact = exact_column(pa.chunked_array(array))
-        if pa.types.is_string(exact.type):
-            return exact.combine_chunks()
-        array = exact
-    if pa.types.is_duration(array.type):
-        seconds = pa.chunked_array(array).cast(pa.int64()).to_pylist()
-        unit = {"s": 1, "ms": 1e3, "us": 1e6, "ns": 1e9}[array.type.unit]
-        return pa.array([None if v is None else f"PT{v / unit:.9g}S" for v in seconds], pa.string())
-    out = []
-    for v in array.to_pylist():
-        value = _jsonable(v) if v is not None else None
-        out.append(
-            None if value is None else json.dumps(value) if isinstance(value, dict | list) else str(value)
-        )
-    return pa.array(out, pa.string())
-
-
-def json_rows(table: pa.Table) -> list[list[Any]]:
-    columns = [exact_column(column).to_pylist() for column in table.columns]
-    return [[_jsonable(v) for v in row] for row in zip(*columns, strict=True)] if columns else []
-
-
-def _flat(array: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
-    """Nested and binary columns as JSON / base64 text, for writers that only take flat columns."""
-    kind = array.type
-    if (
-        pa.types.is_union(kind)
-        or pa.types.is_interval(kind)
-        or pa.types.is_duration(kind)
-        or _nanoseconds(kind)
-    ):
-        return _as_text(array)
-    if pa.types.is_nested(kind) or pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
-        values = [None if v is None else json.dumps(_jsonable(v)) for v in array.to_pylist()]
-        if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
-            values = [None if v is None else json.loads(v) for v in values]
-        return pa.array(values, pa.string())
-    return array
-
-
-def _flat_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
-    return pa.RecordBatch.from_arrays([_flat(c) for c in batch.columns], names=batch.schema.names)
-
-
-class _Sink(io.RawIOBase):
-    """A write-only file whose bytes are taken out after each batch, so a reply streams."""
-
-    def __init__(self) -> None:
-        self._parts: list[bytes] = []
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        chunk = bytes(data)
-        self._parts.append(chunk)
-        return len(chunk)
-
-    def drain(self) -> bytes:
-        out = b"".join(self._parts)
-        self._parts.clear()
-        return out
-
-
-def csv_chunks(result: Result) -> Iterator[bytes]:
-    """The whole result as CSV with a header row, written batch by batch."""
-    sink = _Sink()
-    writer: pacsv.CSVWriter | None = None
-    for batch in result.batches():
-        flat = _flat_batch(batch)
-        if writer is None:
-            writer = pacsv.CSVWriter(sink, flat.schema)
-        writer.write_batch(flat)
-        yield sink.drain()
-    if writer is None:  # no rows: the header alone
-        header = pa.schema([pa.field(n, pa.string()) for n in result.columns])
-        writer = pacsv.CSVWriter(sink, header)
-    writer.close()
-    yield sink.drain()
-
-
-def _parquet_ready(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """Columns Parquet cannot hold (unions, intervals) as text; everything else as it is."""
-    columns = [
-        _as_text(c) if pa.types.is_union(c.type) or pa.types.is_interval(c.type) else c for c in batch.columns
-    ]
-    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
-
-
-def parquet_chunks(result: Result) -> Iterator[bytes]:
-    """The whole result as one Parquet file, one row group per batch."""
-    sink = _Sink()
-    writer: pq.ParquetWriter | None = None
-    for batch in result.batches():
-        ready = _parquet_ready(batch)
-        if writer is None:
-            writer = pq.ParquetWriter(sink, ready.schema, compression="zstd")
-        writer.write_batch(ready)
-        yield sink.drain()
-    if writer is None:  # no rows: the schema alone
-        empty = pa.RecordBatch.from_pylist([], schema=result.schema)
-        writer = pq.ParquetWriter(sink, _parquet_ready(empty).schema, compression="zstd")
-    writer.close()
-    yield sink.drain()
-
-
-def _votable_column(column: pa.ChunkedArray) -> Any:
-    from astropy.table import MaskedColumn
-
-    kind = column.type
-    widen = {pa.int8(): pa.int16(), pa.uint8(): pa.int16(), pa.uint16(): pa.int32(), pa.uint32(): pa.int64()}
-    if kind in widen:  # VOTable has no signed byte nor unsigned integers beyond unsignedByte
-        column = column.cast(widen[kind])
-    elif pa.types.is_uint64(kind):
-        column = _as_text(column)
-    elif pa.types.is_decimal(kind):
-        column = column.cast(pa.float64())
-    elif pa.types.is_interval(kind) or pa.types.is_duration(kind) or _nanoseconds(kind):
-        column = _as_text(column)
-    elif pa.types.is_temporal(kind):
-        column = column.cast(pa.string())
-    elif not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
-        column = _flat(column).cast(pa.string())
-    mask = column.is_null().to_numpy(zero_copy_only=False)
-    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        values = np.array(column.fill_null("").to_pylist(), dtype=str)
-    elif pa.types.is_boolean(column.type):
-        values = np.array(column.fill_null(False).to_pylist(), dtype=bool)
-    else:
-        values = column.fill_null(0).to_numpy()
-    return MaskedColumn(values, mask=mask)
-
-
-def votable_bytes(table: pa.Table, truncated: bool) -> bytes:
-    """The rows as a VOTable (astropy); a truncated answer says so with INFO QUERY_STATUS=OVERFLOW."""
-    from astropy.io.votable import from_table
-    from astropy.io.votable.tree import Info
-    from astropy.table import Table
-
-    names = [name or f"col{i}" for i, name in enumerate(table.column_names)]
-    at = Table([_votable_column(c) for c in table.columns], names=names)
-    votable = from_table(at)
-    status = "OVERFLOW" if truncated else "OK"
-    votable.resources[0].infos.append(Info(name="QUERY_STATUS", value=status))
-    out = io.BytesIO()
-    votable.to_xml(out)
-    return out.getvalue()
+    return result

@@ -3,8 +3,9 @@
 `POST /api/v1/datasets/{owner}/{name}/sql` with `{"sql", "rev", "format"}`, and the same as
 `GET …/sql?sql=&rev=&format=` for shareable links and downloads. The query sees the revision's tables by
 name; `"owner/name".table` names a table of another dataset the caller may read, at its default branch, and
-`"owner/name@rev".table` at a branch, tag or commit. The work (permissions, catalog, DuckDB) runs in worker
-threads, so a heavy query never holds up the event loop.
+`"owner/name@rev".table` at a branch, tag or commit. The work (permissions, catalog, reading the answer)
+runs in worker threads and DuckDB in a worker process (`sql_worker`), so a heavy query never holds up the
+event loop nor takes the server's memory.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from opensci.accounts.permissions import Actor
 from opensci.data import query as query_service
 from opensci.data import sql as engine
+from opensci.data import sql_formats
 from opensci.deps import ActorDep, BlobsDep, SessionDep, SettingsDep, StoreDep
 from opensci.errors import InvalidInput
 from opensci.repos.gitstore import GitStore
@@ -82,14 +84,14 @@ def _json_reply(result: engine.Result, row_limit: int) -> bytes:
     """The JSON answer, serialized here (in a worker thread), not on the event loop."""
     with result:
         table, truncated = result.take(row_limit)
-        body = {"columns": result.columns, "rows": engine.json_rows(table), "truncated": truncated}
+        body = {"columns": result.columns, "rows": sql_formats.json_rows(table), "truncated": truncated}
     return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
 def _votable_reply(result: engine.Result, row_limit: int) -> bytes:
     with result:
         table, truncated = result.take(row_limit, VOTABLE_MAX_BYTES)
-        return engine.votable_bytes(table, truncated)
+        return sql_formats.votable_bytes(table, truncated)
 
 
 def _closing(chunks: Iterator[bytes], result: engine.Result) -> Iterator[bytes]:
@@ -118,7 +120,7 @@ async def _answer(
     if fmt == "votable":
         data = await run_in_threadpool(_votable_reply, result, settings.sql_votable_row_limit)
         return Response(data, media_type=MEDIA_TYPES[fmt], headers=headers)
-    chunks = engine.csv_chunks(result) if fmt == "csv" else engine.parquet_chunks(result)
+    chunks = sql_formats.csv_chunks(result) if fmt == "csv" else sql_formats.parquet_chunks(result)
     # A sync iterator: Starlette pulls each chunk in a worker thread.
     return StreamingResponse(_closing(chunks, result), media_type=MEDIA_TYPES[fmt], headers=headers)
 

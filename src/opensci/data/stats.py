@@ -1,7 +1,7 @@
 """Statistics of a table, computed in DuckDB over its Parquet files, once per commit.
 
-Per column: `type` (DuckDB's), `count` (rows), `nulls`, `distinct` (DuckDB's `approx_count_distinct`,
-an estimate), and by kind:
+Per column: `type` (Arrow's name, the one `/tables` and the viewer show), `count` (rows), `nulls`,
+`distinct` (DuckDB's `approx_count_distinct`, an estimate), and by kind:
 
 - numbers: `min`, `max`, `mean`, `std` (population standard deviation, numpy's default ddof=0), over
   the finite values (NaN and ±inf are counted in `non_finite` and left out), and `histogram`:
@@ -30,7 +30,7 @@ from opensci.data import formats
 from opensci.data.catalog import Table, derived_dir, file_lock, write_json_atomic
 from opensci.settings import Settings
 
-STATS_VERSION = 1
+STATS_VERSION = 2  # 2: column types named as in /tables (Arrow), not DuckDB
 BINS = 20
 TOP = 10
 _NUMERIC = re.compile(
@@ -86,7 +86,11 @@ def compute(table: Table) -> dict[str, Any]:
     con = connect(table)
     try:
         described = con.execute("DESCRIBE t").fetchall()
-        columns = [_column(con, str(name), str(typ)) for name, typ, *_ in described]
+        shown = [c.type for c in table.columns] if len(table.columns) == len(described) else []
+        columns = [
+            _column(con, str(name), str(typ), shown[i] if shown else str(typ))
+            for i, (name, typ, *_) in enumerate(described)
+        ]
     finally:
         con.close()
     return {"table": table.name, "num_rows": table.num_rows, "columns": columns}
@@ -98,9 +102,11 @@ def _one(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = No
     return row
 
 
-def _column(con: duckdb.DuckDBPyConnection, name: str, typ: str) -> dict[str, Any]:
+def _column(con: duckdb.DuckDBPyConnection, name: str, typ: str, shown: str) -> dict[str, Any]:
+    """Statistics of one column; `typ` is DuckDB's type (which decides what to compute), `shown` the
+    type's name in the answer."""
     c = q(name)
-    out: dict[str, Any] = {"name": name, "type": typ}
+    out: dict[str, Any] = {"name": name, "type": shown}
     count, non_null = _one(con, f"SELECT count(*), count({c}) FROM t")
     out.update(count=count, nulls=count - non_null)
     try:

@@ -26,9 +26,8 @@ from markupsafe import Markup
 from sqlalchemy.orm import Session
 
 from opensci.accounts.permissions import Actor
-from opensci.data import plots, sky
+from opensci.data import plots, sky, sql_formats
 from opensci.data import query as query_service
-from opensci.data import sql as engine
 from opensci.data.catalog import Catalog, Table, catalog, materialize
 from opensci.data.service import Opener, opener_for, read_rows
 from opensci.data.sql_api import EXTENSIONS, MAX_SQL_CHARS
@@ -105,7 +104,7 @@ def _run_sql(
         _, result = query_service.start(actor, session, settings, store, blobs, repo, sql, rev)
         with result:
             table, truncated = result.take(SQL_PREVIEW_ROWS)
-            return SqlOutcome(sql, result.columns, engine.json_rows(table), truncated, "", "")
+            return SqlOutcome(sql, result.columns, sql_formats.json_rows(table), truncated, "", "")
     except OpenSciError as exc:
         if exc.status >= 500:
             raise
