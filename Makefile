@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 export OPENSCI_HOME ?= $(CURDIR)/var
 export OPENSCI_BASE_URL ?= http://$(HOST):$(PORT)
 
-.PHONY: serve test test-sqlite test-postgresql lint system-deps bench clean
+.PHONY: serve test test-sqlite test-postgresql lint system-deps slurm bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,12 +32,18 @@ serve: $(VENV)/.server
 system-deps:
 	./scripts/install-system-deps.sh
 
+## A real single-node Slurm for the compute tests (as root, when slurm-wlm is installed); else they skip
+slurm: system-deps
+	@if [ "$$(id -u)" = 0 ] && [ -x /usr/sbin/slurmctld ]; then \
+	  ./scripts/slurm-up.sh || echo "Slurm did not come up: its tests skip (and fail under CI=true)" >&2; \
+	else echo "not starting Slurm (needs root and slurm-wlm): its tests skip" >&2; fi
+
 lint: $(VENV)/.test
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
 ## Install what the tests need and run every test, against SQLite and against PostgreSQL
-test: $(VENV)/.test system-deps lint
+test: $(VENV)/.test system-deps slurm lint
 	$(MAKE) --no-print-directory test-sqlite
 	$(MAKE) --no-print-directory test-postgresql
 
@@ -54,6 +60,8 @@ bench: $(VENV)/.test
 	$(BIN)/python benchmarks/large_files.py
 	$(BIN)/python benchmarks/data_first_rows.py
 	$(BIN)/python benchmarks/data_sql.py
+	$(BIN)/python benchmarks/compute_local.py
+	$(BIN)/python benchmarks/compute_slurm.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -37,6 +37,7 @@ def standalone_app(database_template: str, tmp: Path) -> Iterator[FastAPI]:
                 database_url=url,
                 base_url="http://testserver",
                 secret_key="test-secret",
+                compute_scheduler=False,  # jobs stay queued: tests that run them start a scheduler
                 _env_file=None,  # type: ignore[call-arg]
             )
             app = create_app(settings)

@@ -150,6 +150,8 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         database_url=database_url,
         base_url="http://testserver",
         secret_key="test-secret",
+        # Tests of jobs start the scheduler themselves (tests/compute/conftest.py).
+        compute_scheduler=False,
         _env_file=None,  # type: ignore[call-arg]
     )
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -124,6 +125,7 @@ class World:
     client: TestClient
     accounts: dict[str, Account]
     counter: Iterator[int] = field(default_factory=itertools.count)
+    jobs: dict[str, int] = field(default_factory=dict)  # target key -> a queued job of alice's over it
 
     def unique(self, stem: str) -> str:
         return f"{stem}-{next(self.counter)}"
@@ -195,6 +197,7 @@ class Row:
     git: bool = False  # git's view: Basic credentials, and a 401 must be a Basic challenge
     page: bool = False  # a web page: only the status is checked (errors are HTML pages)
     label: str = ""
+    not_found: str = "repo_not_found"  # the error code of a 404 for a target the actor cannot read
 
     @property
     def id(self) -> str:
@@ -989,7 +992,171 @@ DATA_ROWS: list[Row] = [
     ),
 ]
 
-ROWS = [*API_ROWS, *GIT_ROWS, *OTHER_ROWS, *PAGE_ROUTES, *STORAGE_ROWS, *LFS_ROWS, *HUB_ROWS, *DATA_ROWS]
+# ----- Open compute: jobs ------------------------------------------------------------------------------
+# A job "over" a target touches it (a code target as the job's code; a dataset or model as its input,
+# with alice's public code), so it is visible to exactly the target's readers; to others it is not found
+# (`job_not_found`). The jobs are alice's and stay queued: no scheduler runs in the world.
+
+JOB = f"{API}/jobs"
+NOT_CODE = tuple(k for k, t in TARGETS.items() if t.kind != "code")
+
+
+def job_spec(t: Target, role: str = "input") -> dict[str, Any]:
+    if t.kind == "code":
+        return {"code": {"repo": t.full_name}, "command": ["python", "main.py"]}
+    spec: dict[str, Any] = {"code": {"repo": TARGETS["alice-public"].full_name}, "command": ["true"]}
+    if role == "output":
+        spec["output"] = {"repo": t.full_name, "branch": "matrix"}
+    else:
+        spec["inputs"] = {"data": {"repo": t.full_name}}
+    return spec
+
+
+def alices_job(w: World, t: Target, *, fresh: bool = False) -> int:
+    """A queued job of alice's over the target: the same one each time, or a new one (`fresh`)."""
+    if not fresh and t.key in w.jobs:
+        return w.jobs[t.key]
+    r = w.client.post(JOB, json=job_spec(t), headers=w.alice.headers)
+    assert r.status_code == 201, r.text
+    if not fresh:
+        w.jobs[t.key] = r.json()["id"]
+    return int(r.json()["id"])
+
+
+def job_url(suffix: str = "", *, fresh: bool = False) -> Build:
+    def build(w: World, actor: str, t: Target | None) -> Req:
+        assert t is not None
+        return Req(f"{JOB}/{alices_job(w, t, fresh=fresh)}{suffix}")
+
+    return build
+
+
+def submit_over(role: str) -> Build:
+    def build(w: World, actor: str, t: Target | None) -> Req:
+        assert t is not None
+        return Req(JOB, json=job_spec(t, role))
+
+    return build
+
+
+def job_submit(actor: str, target: Target | None) -> int:
+    """Submitting a job that reads the target: a login (401) and a write token (403) come first, then
+    read access to the target (404)."""
+    assert target is not None
+    if actor in ("anonymous", "alice_read"):
+        return 401 if actor == "anonymous" else 403
+    return 404 if level(actor, target.owner, target.private) == NONE else 201
+
+
+def job_status(ok: int, *, act: bool = False, submitter: bool = False) -> Expect:
+    """On a job of alice's over the target: 404 for those who cannot read the target; acting (`act`)
+    needs a login (401) and a write token (403); `submitter`: only alice and the site admin (else 403)."""
+
+    def expect(actor: str, target: Target | None) -> int:
+        assert target is not None
+        if level(actor, target.owner, target.private) == NONE:
+            return 404
+        if act and actor in ("anonymous", "alice_read"):
+            return 401 if actor == "anonymous" else 403
+        if submitter and actor not in ("alice", "root"):
+            return 403
+        return ok
+
+    return expect
+
+
+JOB_ROWS: list[Row] = [
+    Row("POST", "/api/v1/jobs", job_submit, submit_over("input"), ALL_REPOS, label="reading the target"),
+    Row(
+        "POST",
+        "/api/v1/jobs",
+        repo_status(WRITE, 201),
+        submit_over("output"),
+        NOT_CODE,
+        label="writing to the target",
+    ),
+    Row("GET", "/api/v1/jobs", anyone(200), get(JOB + "?owner=alice&status=queued")),
+    Row(
+        "GET",
+        "/api/v1/jobs",
+        repo_status(READ, 200),
+        get(JOB + "?repo={full}"),
+        ALL_REPOS,
+        label="by repository",
+    ),
+    Row("GET", "/api/v1/jobs/{job_id}", job_status(200), job_url(), ALL_REPOS, not_found="job_not_found"),
+    Row(
+        "GET",
+        "/api/v1/jobs/{job_id}/logs",
+        job_status(200),
+        job_url("/logs?offset=0"),
+        ALL_REPOS,
+        not_found="job_not_found",
+    ),
+    Row(
+        "POST",
+        "/api/v1/jobs/{job_id}/cancel",
+        job_status(200, act=True, submitter=True),
+        job_url("/cancel", fresh=True),
+        ALL_REPOS,
+        not_found="job_not_found",
+    ),
+    Row(
+        "POST",
+        "/api/v1/jobs/{job_id}/rerun",
+        job_status(201, act=True),
+        job_url("/rerun"),
+        ALL_REPOS,
+        not_found="job_not_found",
+    ),
+]
+
+
+# Pages of jobs: the list, a job's page (a private job is a 404 page), its forms, and the Run form of a
+# code repository (only code repositories have one: other kinds are not found, like a hidden one).
+def job_page(suffix: str = "") -> Build:
+    def build(w: World, actor: str, t: Target | None) -> Req:
+        assert t is not None
+        return Req(
+            f"/jobs/{alices_job(w, t)}{suffix}",
+            data={"command": "true"},
+            headers={"Accept": "text/html,application/xhtml+xml"},
+        )
+
+    return build
+
+
+def run_page(actor: str, target: Target | None) -> int:
+    assert target is not None
+    if target.kind != "code" or level(actor, target.owner, target.private) == NONE:
+        return 404
+    return 303 if actor == "anonymous" else 200
+
+
+JOB_PAGE_ROWS: list[Row] = [
+    Row("GET", "/jobs", anyone(200), page("/jobs?status=queued&owner=alice"), page=True),
+    Row(
+        "GET", "/jobs", repo_status(READ, 200), page("/jobs?repo={full}"), ALL_REPOS, page=True, label="repo"
+    ),
+    Row("GET", "/jobs/{job_id}", job_status(200), job_page(), ALL_REPOS, page=True),
+    Row("POST", "/jobs/{job_id}/cancel", anyone(403), job_page("/cancel"), ALL_REPOS, page=True),
+    Row("POST", "/jobs/{job_id}/rerun", anyone(403), job_page("/rerun"), ALL_REPOS, page=True),
+    Row("GET", "/{owner}/{name}/run", run_page, page("/{full}/run"), ALL_REPOS, page=True),
+    Row("POST", "/{owner}/{name}/run", anyone(403), form("/{full}/run"), ALL_REPOS, page=True),
+]
+
+ROWS = [
+    *API_ROWS,
+    *GIT_ROWS,
+    *OTHER_ROWS,
+    *PAGE_ROUTES,
+    *STORAGE_ROWS,
+    *LFS_ROWS,
+    *HUB_ROWS,
+    *DATA_ROWS,
+    *JOB_ROWS,
+    *JOB_PAGE_ROWS,
+]
 
 
 # --- running a row -------------------------------------------------------------------------------------
@@ -1032,7 +1199,7 @@ def check(w: World, row: Row, actor: str, target: Target | None) -> str | None:
         body = r.json()
         if set(body) != {"error", "message"}:
             return f"{where}: not the error envelope: {body}"
-        if want == 404 and target is not None and body["error"] != "repo_not_found":
+        if want == 404 and target is not None and body["error"] != row.not_found:
             return f"{where}: a hidden repository must look missing, got {body['error']!r}"
         if want == 401 and not r.headers.get("www-authenticate", "").startswith("Bearer"):
             return f"{where}: a 401 must carry a Bearer challenge"
@@ -1124,6 +1291,44 @@ def test_private_repos_are_hidden_from_owner_filtered_listings_of_strangers(worl
             items, total = listing(world, actor, {"owner": owner})
             assert all(not r["private"] for r in items), (actor, owner)
             assert total == len(items)
+
+
+def test_jobs_are_listed_only_for_the_readers_of_what_they_touch(world: World) -> None:
+    jobs = {key: alices_job(world, t) for key, t in TARGETS.items()}
+    problems = []
+    for actor in ACTORS:
+        for params in ({}, {"owner": "alice"}, {"status": "queued"}):
+            seen: set[int] = set()
+            before = None
+            while True:  # every page
+                query = {**params, "limit": 50, **({"before": before} if before else {})}
+                r = world.client.get(JOB, params=query, headers=world.headers(actor))
+                assert r.status_code == 200, r.text
+                seen |= {j["id"] for j in r.json()["jobs"]}
+                if (before := r.json()["next_before"]) is None:
+                    break
+            for key, job_id in jobs.items():
+                t = TARGETS[key]
+                if (job_id in seen) != (level(actor, t.owner, t.private) != NONE):
+                    problems.append(f"{actor} {params}: {'lists' if job_id in seen else 'misses'} {key}")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("actor", ACTORS)
+def test_the_jobs_page_lists_only_jobs_over_what_the_viewer_can_read(world: World, actor: str) -> None:
+    jobs = {key: alices_job(world, t) for key, t in TARGETS.items()}
+    html, url = "", "/jobs"
+    while url:  # every page, by the "Older" link
+        page = world.client.get(url, headers={**world.headers(actor), "Accept": "text/html"}).text
+        html += page
+        older = re.search(r'href="/jobs\?before=(\d+)"', page)
+        url = f"/jobs?before={older.group(1)}" if older else ""
+    for key, job_id in jobs.items():
+        t = TARGETS[key]
+        readable = level(actor, t.owner, t.private) != NONE
+        assert (f'href="/jobs/{job_id}"' in html) == readable, f"{actor}: job over {key}"
+        if not readable:
+            assert t.full_name not in html, f"{actor} sees {t.full_name} on /jobs"
 
 
 # --- coverage ------------------------------------------------------------------------------------------

@@ -105,9 +105,16 @@ def create_app(settings: Settings | None = None, *, migrate: bool = False) -> Fa
     store = GitStore(settings.git_dir, settings.git_binary)
     blobs = BlobStore(settings, db)
 
+    from opensci.compute.scheduler import Scheduler
+
+    scheduler = Scheduler(settings, db, store, blobs)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if settings.compute_scheduler:
+            scheduler.start()
         yield
+        scheduler.stop()
         blobs.close()
         db.dispose()
 
@@ -126,6 +133,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = False) -> Fa
     app.state.store = store
     app.state.blobs = blobs
     app.state.metrics = metrics
+    app.state.scheduler = scheduler
 
     from opensci.repos.githttp import install_hooks
 
@@ -145,6 +153,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = False) -> Fa
 
     from opensci.accounts.api import avatars as accounts_avatars
     from opensci.accounts.api import router as accounts_router
+    from opensci.compute.api import router as compute_router
     from opensci.data.api import router as data_router
     from opensci.data.sql_api import router as sql_router
     from opensci.hub.api import router as hub_router
@@ -159,6 +168,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = False) -> Fa
     app.include_router(storage_router)
     app.include_router(quota_router)
     app.include_router(data_router)
+    app.include_router(compute_router)
     app.include_router(sql_router)
     app.include_router(accounts_avatars)
     app.include_router(lfs_router)  # {repo}.git/info/lfs/...: before git's and the web's catch-alls

@@ -25,6 +25,7 @@ python -m hello_science
 | file | what it does |
 |---|---|
 | `hello_science/__main__.py` | prints the mean of the sample catalog |
+| `hello_science/brightest.py` | as a job: the brightest stars of `inputs/stars/` into `outputs/` |
 """
 
 CODE_MAIN = '''"""Mean magnitude of a few stars."""
@@ -38,6 +39,27 @@ def mean(values: list[float]) -> float:
 
 if __name__ == "__main__":
     print(f"mean magnitude: {mean(MAGNITUDES):.2f}")
+'''
+
+CODE_BRIGHTEST = '''"""The brightest stars of a catalog; run it as a job with star-sample as input `stars`:
+
+    opensci job submit --code demo-lab/hello-science --input stars=demo-lab/star-sample \\
+        --output YOU/star-results --follow -- python -m hello_science.brightest 5
+"""
+
+import csv
+import sys
+from pathlib import Path
+
+count = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+with open(Path("inputs/stars/data/stars.csv"), newline="") as f:
+    stars = sorted(csv.DictReader(f), key=lambda row: float(row["vmag"]))
+with open(Path("outputs/brightest.csv"), "w", newline="") as f:
+    out = csv.DictWriter(f, fieldnames=list(stars[0]))
+    out.writeheader()
+    out.writerows(stars[:count])
+for row in stars[:count]:
+    print(f"{row['name']:12} V = {row['vmag']}")
 '''
 
 DATA_README = """---
@@ -98,6 +120,7 @@ def seed(session: Session, store: GitStore, password: str, base_url: str = "http
                 "README.md": CODE_README.format(base=base_url),
                 "hello_science/__init__.py": "",
                 "hello_science/__main__.py": CODE_MAIN,
+                "hello_science/brightest.py": CODE_BRIGHTEST,
             },
         ),
         (

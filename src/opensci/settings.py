@@ -91,8 +91,9 @@ class Settings(BaseSettings):
     )
     sql_memory_limit: str = Field(
         "1GB",
-        description="DuckDB memory limit per SQL query (e.g. 512MB, 2GB); nothing spills to disk, so a query "
-        "that needs more gets 413 `query_too_large`.",
+        description="Memory limit per SQL query (e.g. 512MB, 2GB): DuckDB's own limit, and the cap (plus "
+        "256 MiB) on the data of the worker process that runs the query, which covers values DuckDB builds "
+        "outside its limit; nothing spills to disk, so a query that needs more gets 413 `query_too_large`.",
     )
     sql_threads: int = Field(2, ge=1, description="DuckDB threads per SQL query.")
     sql_max_concurrent: int = Field(
@@ -119,10 +120,121 @@ class Settings(BaseSettings):
         description="Hugging Face clients send files up to this size inline in the commit (any client "
         "works, Xet or not); larger files go through Git LFS (set HF_HUB_DISABLE_XET=1).",
     )
+    storage_direct_io: bool = Field(
+        True,
+        description="Write pack files, and read a new object back to check it, with direct I/O (O_DIRECT, "
+        "bypassing the page cache): one memory copy less per byte uploaded. Ordinary I/O is used where "
+        "the filesystem refuses it.",
+    )
     storage_verify_reads: bool = Field(
         True,
         description="Check every chunk as the blob store reads it, against its xxh3-64 checksum (sha256 "
         "is checked when chunks are written and by `opensci storage verify`).",
+    )
+
+    compute_executors: str = Field(
+        "local",
+        description="Executors jobs may use, comma-separated: `local` (subprocesses on this machine) and "
+        "`slurm` (a Slurm cluster; see the `compute_slurm_*` settings).",
+    )
+    compute_default_executor: str = Field("local", description="Executor of a job that names none.")
+    compute_scheduler: bool = Field(
+        True,
+        description="Run the job scheduler inside this server process (`opensci compute worker` runs it on "
+        "its own). Any number of schedulers may share one PostgreSQL database.",
+    )
+    compute_local_cpus: int = Field(
+        0,
+        ge=0,
+        description="CPUs the local executor hands out to jobs at once (a job takes `resources.cpus`); "
+        "0 means all the machine's CPUs.",
+    )
+    compute_max_running_per_user: int = Field(
+        4,
+        ge=0,
+        description="Jobs one user may have running at once (others wait in the queue); 0 means no limit.",
+    )
+    compute_default_memory_bytes: int = Field(
+        2 * 1024**3, ge=1024**2, description="Memory limit of a job that states none, in bytes."
+    )
+    compute_max_memory_bytes: int = Field(
+        0, ge=0, description="Largest memory limit a job may ask for, in bytes; 0 means the machine's memory."
+    )
+    compute_default_time_limit: int = Field(
+        3600, ge=1, description="Time limit of a job that states none, in seconds."
+    )
+    compute_max_time_limit: int = Field(
+        7 * 86400, ge=1, description="Largest time limit a job may ask for, in seconds."
+    )
+    compute_sandbox: str = Field(
+        "auto",
+        description="Sandbox of local jobs: `bwrap` (bubblewrap: no network unless the job asks, inputs "
+        "read-only, nothing of the host's home or the platform's data visible), `none`, or `auto` (bwrap "
+        "when it is installed and works).",
+    )
+    compute_python: str = Field(
+        "",
+        description="Python interpreter that runs the job shim and builds job environments; must exist at "
+        "the same path on every Slurm node. Empty means the interpreter the server runs on.",
+    )
+    compute_env_timeout_seconds: int = Field(
+        900, ge=10, description="Longest the installation of a job's requirements may take, in seconds."
+    )
+    compute_max_attempts: int = Field(
+        2,
+        ge=1,
+        description="Times a job is started in all: a job lost to a crash (its processes gone without an "
+        "exit status) is queued again until it has been tried this often, then it fails.",
+    )
+    compute_lease_seconds: int = Field(
+        30,
+        ge=2,
+        description="A scheduler that has not renewed its claim on a running job for this long is presumed "
+        "dead, and another scheduler takes the job over.",
+    )
+    compute_poll_seconds: float = Field(
+        0.5, gt=0, description="How often the scheduler looks for new jobs and at running ones, in seconds."
+    )
+    compute_keep_work_dirs: bool = Field(
+        False,
+        description="Keep a finished job's working directory (checkout, inputs, outputs) under "
+        "HOME/jobs/<id>/work; logs and status are always kept.",
+    )
+    compute_slurm_bin_dir: str = Field(
+        "",
+        description="Directory of the Slurm commands (sbatch, squeue, sacct, scontrol, scancel). Empty means "
+        "they are found on PATH.",
+    )
+    compute_slurm_partition: str = Field(
+        "",
+        description="Slurm partition jobs are submitted to (`--partition`). Empty means the cluster's "
+        "default.",
+    )
+    compute_slurm_account: str = Field(
+        "",
+        description="Slurm account jobs are charged to (`--account`). Empty means the submitting user's "
+        "default.",
+    )
+    compute_slurm_sbatch_args: str = Field(
+        "",
+        description="More sbatch options for every job, split like a shell command line (e.g. "
+        "`--qos=normal --constraint=avx2`).",
+    )
+    compute_slurm_time_margin_seconds: int = Field(
+        60,
+        ge=0,
+        description="Added to a job's time limit in the time limit given to Slurm (which counts in whole "
+        "minutes), so that the job's own limit, enforced exactly, speaks first.",
+    )
+    compute_slurm_use_sacct: bool = Field(
+        True,
+        description="Read how a job ended from Slurm's accounting (`sacct`); without it (or when the cluster "
+        "has no accounting) from `scontrol show job`, which forgets finished jobs after Slurm's MinJobAge.",
+    )
+    compute_slurm_command_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Longest a Slurm command (sbatch, squeue, sacct …) may take before it counts as failed.",
     )
 
     @classmethod
@@ -140,6 +252,18 @@ class Settings(BaseSettings):
     @property
     def git_dir(self) -> Path:
         return self.home / "git"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.home / "jobs"
+
+    @property
+    def envs_dir(self) -> Path:
+        return self.home / "envs"
+
+    @property
+    def enabled_executors(self) -> list[str]:
+        return [x.strip() for x in self.compute_executors.split(",") if x.strip()]
 
     @property
     def tmp_dir(self) -> Path:

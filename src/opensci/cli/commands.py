@@ -1,4 +1,4 @@
-"""User commands over the SDK: login, logout, whoami, repo, upload, download, ls, log.
+"""User commands over the SDK: login, logout, whoami, repo, upload, download, ls, log (and job).
 
 They find the server and token as the SDK does (OPENSCI_URL, OPENSCI_TOKEN, then the file written by
 `opensci login`). The SDK is imported inside each command, so `opensci --help` stays fast.
@@ -327,6 +327,7 @@ def log(
 
 
 def register(app: typer.Typer) -> None:
+    from opensci.cli.job import job_app
     from opensci.cli.repo import repo_app
 
     app.command()(login)
@@ -337,3 +338,4 @@ def register(app: typer.Typer) -> None:
     app.command()(download)
     app.command()(ls)
     app.command()(log)
+    app.add_typer(job_app, name="job")

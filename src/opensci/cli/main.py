@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from opensci.cli import commands, operator, storage, tokens
+from opensci.cli import commands, compute, operator, storage, tokens
 
 app = typer.Typer(
     name="opensci",
@@ -17,6 +17,7 @@ operator.register(app)
 commands.register(app)
 tokens.register(app)
 storage.register(app)
+compute.register(app)
 
 if __name__ == "__main__":
     app()

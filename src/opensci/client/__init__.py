@@ -5,6 +5,10 @@ from opensci import Client
 with Client("http://127.0.0.1:8000", token="osci_...") as client:
     client.create_repo("galaxies", kind="dataset")
     commit = client.upload("alice/galaxies", "./catalog", message="First catalog")
+    job = client.submit_job(code="alice/analysis", command="python fit.py", inputs={"cat": "alice/galaxies"})
+    for text in (stream := client.follow_job_logs(job.id)):
+        print(text, end="")
+    print(stream.end.status)
 """
 
 from opensci.client.client import Client, Progress, split_repo_id
@@ -13,6 +17,7 @@ from opensci.client.errors import (
     ConnectionFailed,
     EntryNotFoundError,
     ForbiddenError,
+    JobNotFoundError,
     NotFoundError,
     OpenSciError,
     PayloadTooLargeError,
@@ -22,10 +27,20 @@ from opensci.client.errors import (
     TransferError,
     UnauthorizedError,
     ValidationError,
+    WaitTimeout,
 )
+from opensci.client.jobs import LogStream
 from opensci.client.types import (
     Commit,
     Download,
+    Job,
+    JobEnd,
+    JobEnvironment,
+    JobLog,
+    JobOutput,
+    JobRef,
+    JobResources,
+    JobUsage,
     NewToken,
     OrgMembership,
     Ref,
@@ -46,6 +61,16 @@ __all__ = [
     "Download",
     "EntryNotFoundError",
     "ForbiddenError",
+    "Job",
+    "JobEnd",
+    "JobEnvironment",
+    "JobLog",
+    "JobNotFoundError",
+    "JobOutput",
+    "JobRef",
+    "JobResources",
+    "JobUsage",
+    "LogStream",
     "NewToken",
     "NotFoundError",
     "OpenSciError",
@@ -66,5 +91,6 @@ __all__ = [
     "UploadResult",
     "UserInfo",
     "ValidationError",
+    "WaitTimeout",
     "split_repo_id",
 ]

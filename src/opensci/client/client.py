@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -12,7 +12,7 @@ from urllib.parse import quote
 import httpx
 
 from opensci import __version__
-from opensci.client import chunks, config, transfer
+from opensci.client import chunks, config, jobs, transfer
 from opensci.client.errors import (
     ConflictError,
     ConnectionFailed,
@@ -25,6 +25,8 @@ from opensci.client.errors import (
 from opensci.client.types import (
     Commit,
     Download,
+    Job,
+    JobLog,
     NewToken,
     Ref,
     Refs,
@@ -134,11 +136,23 @@ class Client:
 
     @contextmanager
     def stream(
-        self, method: str, path: str, headers: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str] | None = None,
+        *,
+        params: dict[str, Any] | None = None,
+        timeout: httpx.Timeout | None = None,
     ) -> Iterator[httpx.Response]:
         """A streamed API call for large replies. Error replies (except 416) raise typed errors."""
         try:
-            with self._http.stream(method, path, headers=self._headers(headers)) as response:
+            with self._http.stream(
+                method,
+                path,
+                params=params,
+                headers=self._headers(headers),
+                timeout=timeout or self._http.timeout,
+            ) as response:
                 if response.is_error and response.status_code != 416:
                     response.read()
                     raise error_from_response(response)
@@ -465,6 +479,86 @@ class Client:
     def delete_tag(self, repo: str, name: str) -> None:
         """Delete a tag."""
         self.request("DELETE", self.api_path(repo, "refs", "tag", name))
+
+    # --- jobs ---------------------------------------------------------------------------------------
+
+    def submit_job(self, spec: Mapping[str, Any] | None = None, /, **fields: Any) -> Job:
+        """Queue a job and return it (status `queued`). Give the spec as a dict (the keys of the API:
+        code, command, inputs, output, env, resources, executor, priority), as keyword arguments, or
+        both (keywords win). Short forms: `code="owner/name@rev"`, `inputs={"x": "owner/data@v1"}`,
+        `output="owner/results@branch"`, `time_limit="1h"`, and `cpus`, `memory`, `time_limit`, `gpus`,
+        `requirements`, `variables`, `network` as keywords. Nothing is queued when the server refuses
+        the spec (ValidationError with code `invalid_spec` or `invalid_input`)."""
+        body = jobs.build_spec(spec, **fields)
+        return Job.from_json(self.request("POST", "/api/v1/jobs", json=body).json())
+
+    def list_jobs(
+        self,
+        owner: str | None = None,
+        status: str | None = None,
+        repo: str | None = None,
+        limit: int | None = None,
+        *,
+        per_page: int = 50,
+    ) -> Iterator[Job]:
+        """Jobs you may see, newest first: submitted by `owner` (a user name), in `status`, reading or
+        writing the repository `repo` (owner/name); at most `limit` of them (default: all). Pages are
+        fetched lazily as you iterate."""
+        if repo is not None:
+            repo = "/".join(split_repo_id(repo))
+        left = limit
+        before: int | None = None
+        while left is None or left > 0:
+            size = per_page if left is None else min(per_page, left)
+            params = {"owner": owner, "status": status, "repo": repo, "limit": size, "before": before}
+            data = self.request("GET", "/api/v1/jobs", params=params).json()
+            page = [Job.from_json(j) for j in data["jobs"]]
+            yield from page
+            if left is not None:
+                left -= len(page)
+            before = data.get("next_before")
+            if before is None or not page:
+                return
+
+    def get_job(self, job_id: int) -> Job:
+        """The job with its provenance: resolved commits, environment, usage, exit code, output commit."""
+        return Job.from_json(self.request("GET", jobs.job_path(job_id)).json())
+
+    def job_logs(self, job_id: int, offset: int = 0) -> JobLog:
+        """The job's log so far from byte `offset` (up to 1 MiB at a time: read on from `next_offset`)."""
+        r = self.request("GET", jobs.job_path(job_id, "logs"), params={"offset": offset})
+        return JobLog(
+            r.content,
+            offset,
+            int(r.headers.get("x-log-next-offset", offset + len(r.content))),
+            r.headers.get("x-job-status", ""),
+        )
+
+    def follow_job_logs(self, job_id: int, offset: int = 0) -> jobs.LogStream:
+        """The job's log as it is written, from byte `offset`, until the job ends: iterate for text
+        chunks; afterwards `.end` holds the final status, exit code and message (a JobEnd)."""
+        return jobs.LogStream(self, jobs.job_number(job_id), offset)  # a bad id fails here, not later
+
+    def cancel_job(self, job_id: int) -> Job:
+        """Cancel a job: a queued one at once; a running one is stopped by the scheduler within seconds
+        (`cancel_requested` is then set). ConflictError `job_finished` if it has already ended."""
+        return Job.from_json(self.request("POST", jobs.job_path(job_id, "cancel")).json())
+
+    def rerun_job(self, job_id: int) -> Job:
+        """Queue the job's recorded spec again at the same commits of code and inputs; the new job."""
+        return Job.from_json(self.request("POST", jobs.job_path(job_id, "rerun")).json())
+
+    def wait_job(
+        self,
+        job_id: int,
+        timeout: float | None = None,
+        *,
+        poll: float = 1.0,
+        progress: Callable[[Job], None] | None = None,
+    ) -> Job:
+        """Wait until the job ends and return it; WaitTimeout after `timeout` seconds (the job goes on).
+        `progress(job)` is called each time the job is looked at (at most every `poll` seconds)."""
+        return jobs.wait(self, jobs.job_number(job_id), timeout, poll, progress)
 
 
 __all__ = ["Client", "OpenSciError", "Progress", "split_repo_id"]

@@ -59,6 +59,10 @@ class EntryNotFoundError(NotFoundError):
     default_code = "entry_not_found"
 
 
+class JobNotFoundError(NotFoundError):
+    default_code = "job_not_found"
+
+
 class UnauthorizedError(OpenSciError):
     default_code = "unauthorized"
 
@@ -90,6 +94,12 @@ class ServerError(OpenSciError):
     def hint(self) -> str:
         rid = f" and quote request id {self.request_id}" if self.request_id else ""
         return f"the server failed; try again later{rid}, or tell the operator"
+
+
+class WaitTimeout(OpenSciError, TimeoutError):
+    """`Client.wait_job` gave up: the job had not ended within the time given (it goes on)."""
+
+    default_code = "wait_timeout"
 
 
 class ConnectionFailed(OpenSciError):
@@ -146,6 +156,18 @@ _HINTS = {
     ),
     "lfs_object_missing": "upload the file's content to this repository before committing a pointer to it",
     "digest_mismatch": "the bytes changed while they were sent (or were damaged): upload again",
+    "job_not_found": (
+        "check the job id (`opensci job list`); a job is not found unless you may read its code, "
+        "inputs and output"
+    ),
+    "job_finished": "to run it again at the same commits: `opensci job rerun ID`",
+    "invalid_spec": "fix the job's spec; `opensci job submit --help` describes every field",
+    "invalid_status": "use one of queued, running, succeeded, failed, cancelled, timeout",
+    "priority_not_allowed": "leave the priority at 0 or below: only site administrators may raise it",
+    "wait_timeout": (
+        "the job goes on: wait again, follow it with `opensci job logs ID -f`, or stop it with "
+        "`opensci job cancel ID`"
+    ),
     "payload_too_large": (
         "the upload is larger than the server accepts (OPENSCI_MAX_UPLOAD_BYTES on the server): "
         "split it into several commits or ask the operator to raise the limit"
@@ -159,6 +181,7 @@ def _class_for(status: int, code: str) -> type[OpenSciError]:
             "repo_not_found": RepoNotFoundError,
             "revision_not_found": RevisionNotFoundError,
             "entry_not_found": EntryNotFoundError,
+            "job_not_found": JobNotFoundError,
         }.get(code, NotFoundError)
     if status >= 500:
         return ServerError
@@ -200,6 +223,7 @@ __all__ = [
     "ConnectionFailed",
     "EntryNotFoundError",
     "ForbiddenError",
+    "JobNotFoundError",
     "NotFoundError",
     "OpenSciError",
     "PayloadTooLargeError",
@@ -209,5 +233,6 @@ __all__ = [
     "TransferError",
     "UnauthorizedError",
     "ValidationError",
+    "WaitTimeout",
     "error_from_response",
 ]

@@ -61,7 +61,7 @@ def mount(app: FastAPI) -> None:
     """Mount the pages, their static files and the HTML error page on the app."""
     from opensci.web.render import STATIC
     from opensci.web.routing import OwnerPageRoute
-    from opensci.web.views import accounts, data, owners, repo_admin, repos
+    from opensci.web.views import accounts, data, jobs, owners, repo_admin, repos
 
     app.state.web_secret = app.state.settings.effective_secret_key()
     app.state.render_error_page = render_error_page
@@ -77,9 +77,12 @@ def mount(app: FastAPI) -> None:
     app.include_router(repos.explore_router)
     app.include_router(repo_admin.router)
     app.include_router(data.router)  # /datasets/{owner}/{name}/viewer…: before the repository pages
+    app.include_router(jobs.router)  # /jobs, /jobs/{id}
     pages = APIRouter(include_in_schema=False, route_class=OwnerPageRoute)
     for prefix in ("/datasets", ""):
         for path, endpoint, methods in [*repos.PAGES, *repo_admin.PAGES]:
             pages.add_api_route(prefix + path, endpoint, methods=methods)
+    for path, endpoint, methods in jobs.RUN_PAGES:  # code repositories only: never under /datasets
+        pages.add_api_route(path, endpoint, methods=methods)
     app.include_router(pages)
     app.include_router(owners.router)

@@ -7,6 +7,7 @@ or through `markdown()`, whose output is cleaned by nh3: no scripts, no event ha
 from __future__ import annotations
 
 import posixpath
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,15 @@ def with_query(request: Request, **params: object) -> str:
         else:
             query[key] = str(value)
     return request.url.path + (f"?{urlencode(query)}" if query else "")
+
+
+_JOB_TRAILER = re.compile(r"^OpenSci-Job:[ \t]*\S*/jobs/(\d{1,10})[ \t]*$", re.MULTILINE)
+
+
+def job_of(message: str) -> int | None:
+    """The job that made a commit, from the `OpenSci-Job: <url>` trailer of its message (jobs' outputs)."""
+    match = _JOB_TRAILER.search(message or "")
+    return int(match.group(1)) if match else None
 
 
 def static_url(name: str) -> str:
@@ -252,6 +262,7 @@ env.globals.update(
     raw_href=raw_href,
     static_url=static_url,
     with_query=with_query,
+    job_of=job_of,
     version=__version__,
     htmx_version="2.0.11",
 )

@@ -1,0 +1,296 @@
+"""How jobs look in the terminal: the list table, the provenance of `job status`, the end-of-job line, and
+the live status line (spinner, status, phase, elapsed time) shown while following or waiting, on a
+terminal only. Log text always goes out plainly, to stdout."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import threading
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from opensci.cli import output
+
+if TYPE_CHECKING:
+    from rich.live import Live
+    from rich.spinner import Spinner
+
+    from opensci.client import Client, Job
+
+STATUS_STYLES = {
+    "queued": "dim",
+    "running": "cyan",
+    "succeeded": "green",
+    "failed": "red",
+    "timeout": "red",
+    "cancelled": "yellow",
+}
+
+
+def human_seconds(seconds: float | None) -> str:
+    """`0.4 s`, `12 s`, `3m05s`, `1h02m`, `2d03h`."""
+    if seconds is None:
+        return ""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    s = int(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def binary_size(n: int | None) -> str:
+    if not n:
+        return "-"
+    for unit, power in (("TiB", 4), ("GiB", 3), ("MiB", 2), ("KiB", 1)):
+        if n >= 1024**power:
+            return f"{n / 1024**power:.1f} {unit}".replace(".0 ", " ")
+    return f"{n} B"
+
+
+def elapsed(job: Job, now: datetime | None = None) -> float | None:
+    """Seconds the job has run (ended minus started, or up to now while running)."""
+    if job.started_at is None:
+        return None
+    end = job.ended_at or now or datetime.now(UTC)
+    return max((end - job.started_at).total_seconds(), 0.0)
+
+
+def command_line(job: Job) -> str:
+    return shlex.join(job.command)
+
+
+def ref_text(repo: str, rev: str | None, commit: str | None) -> str:
+    at = f"@{rev}" if rev else ""
+    return f"{repo}{at}" + (f"  {commit}" if commit else "")
+
+
+def status_text(job: Job) -> Text:
+    return Text(job.status, style=STATUS_STYLES.get(job.status, ""))
+
+
+def table(jobs: list[Job]) -> None:
+    from rich.table import Table
+
+    t = Table(box=None, pad_edge=False)
+    t.add_column("ID", justify="right", no_wrap=True)
+    for column, width in (("STATUS", 9), ("SUBMITTER", 9), ("CODE", 12)):
+        t.add_column(column, no_wrap=True, min_width=width)
+    t.add_column("COMMAND", no_wrap=True, overflow="ellipsis", ratio=1)
+    t.add_column("STARTED", no_wrap=True, min_width=16)
+    t.add_column("DURATION", no_wrap=True, justify="right")
+    for job in jobs:
+        short = f"@{job.code.commit[:10]}" if job.code.commit else ""
+        t.add_row(
+            str(job.id),
+            status_text(job),
+            Text(job.submitter or "-"),
+            Text(f"{job.code.repo}{short}"),
+            Text(command_line(job)),
+            output.short_date(job.started_at),
+            human_seconds(elapsed(job)),
+        )
+    output.stdout().print(t)
+
+
+def provenance(job: Job) -> None:
+    """Everything recorded about a job, one `key: value` a line, for `opensci job status`."""
+    headline = Text(f"job {job.id}: ")
+    headline.append_text(status_text(job))
+    if not job.finished and job.phase:
+        headline.append(f" ({job.phase})")
+    if job.exit_code is not None:
+        headline.append(f", exit code {job.exit_code}")
+    if job.cancel_requested and not job.finished:
+        headline.append(", cancel requested")
+    rows: list[tuple[str, str]] = [
+        ("url", job.url),
+        ("submitter", job.submitter or "-"),
+        ("command", command_line(job)),
+        ("code", ref_text(job.code.repo, job.code.rev, job.code.commit)),
+    ]
+    rows += [(f"input {name}", ref_text(r.repo, r.rev, r.commit)) for name, r in job.inputs.items()]
+    if job.output is not None:
+        out = job.output
+        commit = out.commit or ("(none yet)" if not job.finished else "(none)")
+        rows.append(("output", f"{out.repo} branch {out.branch}  commit {commit}"))
+    else:
+        rows.append(("output", "none"))
+    rows.append(("executor", f"{job.executor}, priority {job.priority}, attempts {job.attempts}"))
+    res = job.resources
+    time_limit = human_seconds(res.time_limit)
+    rows.append(
+        (
+            "resources",
+            f"{res.cpus} CPU{'s' if res.cpus != 1 else ''}, {binary_size(res.memory)} memory, "
+            f"time limit {time_limit}, {res.gpus} GPU{'s' if res.gpus != 1 else ''}",
+        )
+    )
+    env = job.environment
+    rows.append(("requirements", ", ".join(env.requirements) or "none"))
+    if env.python:
+        rows.append(("environment", f"Python {env.python}, key {env.key}, {len(env.packages)} package(s)"))
+    if env.packages:
+        rows.append(("packages", ", ".join(env.packages)))
+    use = job.usage
+    if use.wall_seconds is not None or use.cpu_seconds is not None:
+        parts = [
+            f"wall {human_seconds(use.wall_seconds) or '-'}",
+            f"CPU {human_seconds(use.cpu_seconds) or '-'}",
+        ]
+        if use.max_rss_bytes:
+            parts.append(f"max memory {binary_size(use.max_rss_bytes)}")
+        if use.host:
+            parts.append(f"host {use.host}")
+        if use.signal:
+            parts.append(f"signal {use.signal}")
+        rows.append(("usage", ", ".join(parts)))
+    for key, value in (("created", job.created_at), ("started", job.started_at), ("ended", job.ended_at)):
+        if value is not None:
+            rows.append((key, value.isoformat(timespec="seconds")))
+    if job.reason or job.message:
+        rows.append(("reason", f"{job.reason}: {job.message}" if job.reason else job.message))
+    if job.rerun_of is not None:
+        rows.append(("rerun of", f"job {job.rerun_of}"))
+    console = output.stdout()
+    console.print(headline)
+    width = max(len(k) for k, _ in rows) + 2
+    for key, value in rows:
+        console.print(Text(f"{key + ':':<{width}}{value}"))
+
+
+def summary(job: Job) -> str:
+    """One line on how the job ended (or stands)."""
+    took = human_seconds(elapsed(job))
+    text = f"job {job.id} {job.status}" + (f" in {took}" if took and job.finished else "")
+    if job.exit_code is not None:
+        text += f" (exit code {job.exit_code})"
+    if job.succeeded and job.output is not None and job.output.commit:
+        text += f"; outputs committed to {job.output.repo} ({job.output.branch}): {job.output.commit}"
+    elif job.finished and not job.succeeded and job.message:
+        text += f": {job.message}"
+    return text
+
+
+class LiveStatus:
+    """The status line under the log while a job is followed or waited for: a spinner, the job's status
+    and phase, and how long it has been waiting or running. Shown only on a terminal, never with
+    --json; when stdout is a terminal the line lives there and log lines are printed above it, else it
+    lives on stderr (if that is a terminal) and logs go to stdout untouched."""
+
+    def __init__(self, job: Job, enabled: bool = True, logs_to_stderr: bool = False) -> None:
+        self.job = job
+        self.logs_to_stderr = logs_to_stderr
+        self.console: Console | None = None
+        self._live: Live | None = None
+        self._spinner: Spinner | None = None
+        self._partial = ""
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+        if enabled:
+            out, err = Console(highlight=False), Console(stderr=True, highlight=False)
+            if out.is_terminal and not logs_to_stderr:
+                self.console = out
+            elif err.is_terminal:
+                self.console = err
+
+    @property
+    def shared(self) -> bool:
+        """Log lines and the status line share one console: logs are printed above the line."""
+        return self.console is not None and self.console.stderr == self.logs_to_stderr
+
+    def update(self, job: Job) -> None:
+        self.job = job
+
+    def line(self) -> str:
+        job = self.job
+        now = datetime.now(UTC)
+        if job.started_at is not None:
+            since = f"running for {human_seconds(elapsed(job, now))}"
+        elif job.created_at is not None:
+            since = f"waiting for {human_seconds(max((now - job.created_at).total_seconds(), 0.0))}"
+        else:
+            since = ""
+        phase = f" ({job.phase})" if job.phase and not job.finished else ""
+        cancel = ", cancel requested" if job.cancel_requested and not job.finished else ""
+        return f"job {job.id} {job.status}{phase}{cancel}" + (f", {since}" if since else "")
+
+    def __rich__(self) -> Spinner:
+        assert self._spinner is not None
+        self._spinner.update(text=Text(self.line(), style=STATUS_STYLES.get(self.job.status, "")))
+        return self._spinner
+
+    def __enter__(self) -> LiveStatus:
+        if self.console is not None:
+            from rich.live import Live
+            from rich.spinner import Spinner
+
+            self._spinner = Spinner("dots")
+            self._live = Live(
+                self,
+                console=self.console,
+                transient=True,
+                refresh_per_second=8,
+                redirect_stdout=False,
+                redirect_stderr=False,
+            )
+            self._live.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join(timeout=5)
+        if self._partial:
+            self._emit(self._partial)
+            self._partial = ""
+        if self._live is not None:
+            self._live.stop()
+
+    def watch(self, client: Client, every: float = 1.0) -> None:
+        """Keep the status line current from a background thread (only while it is shown)."""
+        if self._live is None:
+            return
+
+        def poll() -> None:
+            from contextlib import suppress
+
+            from opensci.client import OpenSciError
+
+            while True:
+                # A failed look leaves the line as it was: the log stream reports lasting trouble.
+                with suppress(OpenSciError):
+                    self.update(client.get_job(self.job.id))
+                if self._stop.wait(every):
+                    return
+
+        self._poller = threading.Thread(target=poll, name=f"opensci-job-{self.job.id}", daemon=True)
+        self._poller.start()
+
+    def write(self, text: str) -> None:
+        """Log text, as it arrives. Above a shared status line only whole lines are printed."""
+        if not self.shared:
+            stream = sys.stderr if self.logs_to_stderr else sys.stdout
+            typer.echo(text, nl=False, err=stream is sys.stderr)
+            return
+        text = self._partial + text
+        lines = text.split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._emit(line)
+
+    def _emit(self, line: str) -> None:
+        assert self.console is not None
+        self.console.print(Text(line), end="\n", soft_wrap=True, markup=False, highlight=False)

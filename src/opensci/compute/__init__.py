@@ -1,0 +1,1 @@
+"""Open compute: job specs, the scheduler, executors (local, slurm) and provenance."""

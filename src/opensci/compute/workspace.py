@@ -1,0 +1,333 @@
+"""A job's directory: the code checked out, inputs in place, the environment, the sandbox, `job.json`;
+and, when it has run, its outputs committed with their provenance.
+
+    HOME/jobs/<id>/  job.json  shim.py  log  running.json  status.json  shim.err
+                     work/            the code at the resolved commit (the command's working directory)
+                     work/inputs/<name>/  each input dataset at its resolved commit, read-only
+                     work/outputs/    what the job writes here becomes one commit on the output branch
+                     home/            the command's HOME
+Large files of inputs come from a cache of materialized objects (`HOME/jobs/objects/<oid>`, one copy
+per content whatever the number of jobs) as hard links when the sandbox makes them read-only, else as
+copies (an unsandboxed job running as the server's user could write through a link).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import pygit2
+from sqlalchemy.orm import Session
+
+from opensci.compute import envs
+from opensci.compute.executors.base import Launch, Resources
+from opensci.compute.models import Job
+from opensci.errors import OpenSciError
+from opensci.repos.gitstore import GitStore
+from opensci.repos.models import Repository
+from opensci.settings import Settings
+from opensci.storage import files
+from opensci.storage.store import BlobStore
+
+SHIM = Path(__file__).with_name("shim.py")
+
+
+class PrepareError(Exception):
+    """The job cannot be set up (a repository is gone, a large file is missing…); the message says why."""
+
+
+def job_dir(settings: Settings, job_id: int) -> Path:
+    return settings.jobs_dir / str(job_id)
+
+
+def objects_dir(settings: Settings) -> Path:
+    return settings.jobs_dir / "objects"
+
+
+def note(log: IO[bytes], text: str) -> None:
+    log.write(f"[opensci] {text}\n".encode())
+    log.flush()
+
+
+# --- sandbox ---------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _bwrap_works(bwrap: str) -> bool:
+    try:
+        probe = subprocess.run(
+            [bwrap, "--die-with-parent", "--unshare-all", "--ro-bind", "/", "/", "--proc", "/proc", "true"],
+            capture_output=True,
+            timeout=20,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
+def sandbox_tool(settings: Settings) -> str | None:
+    """The bubblewrap binary when local jobs are sandboxed, else None (setting `compute_sandbox`)."""
+    mode = settings.compute_sandbox
+    if mode == "none":
+        return None
+    bwrap = shutil.which("bwrap")
+    if bwrap and _bwrap_works(bwrap):
+        return bwrap
+    if mode == "bwrap":
+        raise PrepareError("the sandbox (bubblewrap) is required by the settings but does not work here")
+    return None
+
+
+def sandboxed(
+    bwrap: str, argv: list[str], *, work: Path, inputs: Path, home: Path, env_path: Path, network: bool
+) -> list[str]:
+    """`argv` inside bubblewrap: the system's programs and libraries read-only, the job's working
+    directory and home writable, its inputs and environment read-only, a private /tmp, /proc and /dev,
+    and no network unless asked. Nothing else of the host (its users' homes, the platform's data) is
+    there."""
+    a = [bwrap, "--die-with-parent", "--unshare-all", "--hostname", "opensci-job"]
+    if network:
+        a.append("--share-net")
+    a += ["--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            a += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            a += ["--ro-bind", top, top]
+    a += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    prefix = Path(os.path.realpath(envs.base_python_of(env_path))).parent.parent
+    if not str(prefix).startswith("/usr/"):
+        a += ["--ro-bind", str(prefix), str(prefix)]
+    a += ["--ro-bind", str(env_path), str(env_path)]
+    a += ["--bind", str(work), str(work), "--ro-bind", str(inputs), str(inputs)]
+    a += ["--bind", str(home), str(home), "--chdir", str(work), "--", *argv]
+    return a
+
+
+# --- trees -------------------------------------------------------------------------------------------------
+
+
+def _walk(
+    g: pygit2.Repository, tree: pygit2.Tree, base: str = ""
+) -> Iterator[tuple[str, pygit2.Object, int]]:
+    for e in tree:
+        path = f"{base}{e.name}"
+        if e.type_str == "tree":
+            yield from _walk(g, g[e.id], path + "/")
+        elif e.type_str == "blob":
+            yield path, g[e.id], e.filemode
+
+
+def _cached_object(settings: Settings, blobs: BlobStore, oid: str, size: int) -> Path:
+    """The content of a stored object as a file of the cache, written once (atomically) on first use."""
+    cache = objects_dir(settings)
+    path = cache / oid
+    if path.exists() and path.stat().st_size == size:
+        return path
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = cache / f".{oid}.{os.getpid()}.tmp"
+    with blobs.open(oid) as src, open(tmp, "wb") as dst:
+        shutil.copyfileobj(src, dst, 4 * 1024**2)
+    os.chmod(tmp, 0o444)
+    os.replace(tmp, path)
+    return path
+
+
+def materialize(
+    settings: Settings,
+    session: Session,
+    blobs: BlobStore,
+    g: pygit2.Repository,
+    repo: Repository,
+    commit: pygit2.Commit,
+    dest: Path,
+    *,
+    link: bool,
+) -> tuple[int, int]:
+    """Write the files of `commit` under `dest`, large files with their content; returns (files, bytes)."""
+    count = total = 0
+    for path, blob, mode in _walk(g, commit.tree):
+        target = dest / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if mode == pygit2.enums.FileMode.LINK:
+            os.symlink(blob.data, target)
+            continue
+        info = files.pointer_of(blob)
+        if info is not None and files.holds(session, repo.id, info.oid) and blobs.has(info.oid):
+            source = _cached_object(settings, blobs, info.oid, info.size)
+            if link:
+                os.link(source, target)
+            else:
+                shutil.copyfile(source, target)
+            total += info.size
+        else:
+            target.write_bytes(blob.data)
+            total += blob.size
+        if mode == pygit2.enums.FileMode.BLOB_EXECUTABLE:
+            target.chmod(0o755)
+        count += 1
+    return count, total
+
+
+def _read_only(root: Path) -> None:
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            p = Path(dirpath) / name
+            if not p.is_symlink() and not os.stat(p).st_nlink > 1:
+                p.chmod(0o444)
+        os.chmod(dirpath, 0o555)
+
+
+# --- preparing -------------------------------------------------------------------------------------------
+
+
+def _open(
+    session: Session, store: GitStore, ref: dict[str, Any]
+) -> tuple[Repository, pygit2.Repository, pygit2.Commit]:
+    repo = session.get(Repository, ref["repo_id"])
+    if repo is None:
+        raise PrepareError(f"repository {ref['repo']} no longer exists")
+    g = store.open(repo.id)
+    try:
+        commit = g[ref["commit"]]
+    except (KeyError, ValueError) as exc:
+        raise PrepareError(f"commit {ref['commit'][:12]} of {ref['repo']} no longer exists") from exc
+    return repo, g, commit
+
+
+def prepare(
+    settings: Settings,
+    session: Session,
+    store: GitStore,
+    blobs: BlobStore,
+    job: Job,
+    log: IO[bytes],
+) -> tuple[Launch, envs.JobEnv]:
+    """Set up the job's directory and return how to launch it. Raises PrepareError or envs.EnvError."""
+    jd = job_dir(settings, job.id)
+    work, home = jd / "work", jd / "home"
+    for old in (work, home, jd / "running.json", jd / "status.json"):
+        if old.is_dir():
+            _make_writable(old)
+            shutil.rmtree(old)
+        elif old.exists():
+            old.unlink()
+    work.mkdir(parents=True)
+    home.mkdir()
+    spec, resolved = job.spec, job.resolved
+    bwrap = sandbox_tool(settings) if job.executor == "local" else None
+    try:
+        code = resolved["code"]
+        repo, g, commit = _open(session, store, code)
+        n, size = materialize(settings, session, blobs, g, repo, commit, work, link=False)
+        note(log, f"code {code['repo']} at {code['commit'][:12]}: {n} files, {_human(size)}")
+        for top in ("inputs", "outputs"):
+            if (work / top).exists() or (work / top).is_symlink():
+                note(log, f"the code has its own {top}/; it is replaced by the job's")
+                _remove(work / top)
+        inputs = work / "inputs"
+        inputs.mkdir()
+        for name, ref in resolved["inputs"].items():
+            repo, g, commit = _open(session, store, ref)
+            n, size = materialize(
+                settings, session, blobs, g, repo, commit, inputs / name, link=bwrap is not None
+            )
+            note(log, f"input {name}: {ref['repo']} at {ref['commit'][:12]}: {n} files, {_human(size)}")
+        _read_only(inputs)
+        (work / "outputs").mkdir()
+    except OpenSciError as exc:
+        raise PrepareError(exc.message) from exc
+    requirements = list(spec.get("env", {}).get("requirements", []))
+    env = envs.ensure_env(settings, requirements, log)
+    argv = list(spec["command"])
+    variables = dict(spec.get("env", {}).get("variables", {}))
+    run_env = {
+        **variables,
+        "PATH": f"{env.path}/bin:/usr/local/bin:/usr/bin:/bin",
+        "VIRTUAL_ENV": str(env.path),
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+        "TMPDIR": "/tmp" if bwrap else str(home),
+        "OPENSCI_JOB_ID": str(job.id),
+        "OPENSCI_INPUTS": str(work / "inputs"),
+        "OPENSCI_OUTPUTS": str(work / "outputs"),
+        **{k: str(job.cpus) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
+    }
+    if bwrap:
+        network = bool(spec.get("env", {}).get("network", False))
+        argv = sandboxed(
+            bwrap, argv, work=work, inputs=work / "inputs", home=home, env_path=env.path, network=network
+        )
+        note(log, f"sandbox: bubblewrap, network {'on' if network else 'off'}, inputs read-only")
+    elif job.executor == "local":
+        note(log, "sandbox: none (bubblewrap is not available or is turned off)")
+    (jd / "job.json").write_text(
+        json.dumps(
+            {
+                "job_id": job.id,
+                "argv": argv,
+                "workdir": str(work),
+                "env": run_env,
+                "time_limit": job.time_limit,
+                "memory_bytes": job.memory_bytes,
+                "cpus": job.cpus,
+                "kill_grace": 3,
+            }
+        )
+    )
+    shutil.copyfile(SHIM, jd / "shim.py")
+    launch = Launch(
+        job_id=job.id,
+        job_dir=jd,
+        argv=[envs.base_python(settings), str(jd / "shim.py"), str(jd)],
+        resources=resources_of(job),
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"},
+    )
+    return launch, env
+
+
+def resources_of(job: Job) -> Resources:
+    return Resources(cpus=job.cpus, memory_bytes=job.memory_bytes, time_limit=job.time_limit, gpus=job.gpus)
+
+
+def launch_of(settings: Settings, job: Job) -> Launch:
+    """The launch of a job already submitted (what poll and cancel need), rebuilt from its row."""
+    jd = job_dir(settings, job.id)
+    return Launch(job.id, jd, [envs.base_python(settings), str(jd / "shim.py"), str(jd)], resources_of(job))
+
+
+def _make_writable(root: Path) -> None:
+    for dirpath, _, _ in os.walk(root):
+        os.chmod(dirpath, stat.S_IRWXU)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        _make_writable(path)
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def clean(settings: Settings, job_id: int) -> None:
+    """Remove a finished job's working directory and home (the log and status stay)."""
+    jd = job_dir(settings, job_id)
+    for d in (jd / "work", jd / "home"):
+        if d.exists():
+            _remove(d)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""

@@ -1,0 +1,429 @@
+"""Pages of the compute domain: the list of jobs, a job's page (status, provenance, live logs, cancel and
+rerun) and the "Run" form of a code repository.
+
+Visibility is the compute service's: `list_jobs` lists only jobs the viewer may read and `get_job` says
+"not found" for the others, so a private job is a 404 page like a private repository.
+
+A job's page works without JavaScript: it shows the log as it was when the page was made. With it,
+`static/jobs.js` follows the log through the API's server-sent events (`/api/v1/jobs/{id}/logs?follow=
+true`, from the byte the page stopped at) and, when the `end` event comes, fires `job-ended`, on which
+htmx reloads the live part of the page (`?part=live`: status, usage, outputs, provenance); while the job
+runs, htmx also reloads it every few seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Query, Request
+from fastapi.responses import Response
+from markupsafe import Markup
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from opensci.accounts.permissions import Actor
+from opensci.compute import service, workspace
+from opensci.compute.models import Job, JobStatus
+from opensci.compute.provenance import provenance_svg, repo_url
+from opensci.compute.schemas import JobSpec
+from opensci.deps import ActorDep, SessionDep, SettingsDep, StoreDep
+from opensci.errors import InvalidInput, NotFound, OpenSciError
+from opensci.repos import service as repos
+from opensci.repos.gitstore import GitStore
+from opensci.repos.models import RepoKind, Repository
+from opensci.settings import Settings
+from opensci.web.render import render, timeago
+from opensci.web.session import check_csrf
+from opensci.web.views.accounts import login_redirect, see_other
+from opensci.web.views.repos import repo_page
+
+router = APIRouter(include_in_schema=False)
+
+FormStr = Annotated[str, Form()]
+STATUSES = tuple(s.value for s in JobStatus)
+PER_PAGE = 50
+LOG_PAGE_BYTES = 256 * 1024  # the end of a longer log is shown; the API has the whole of it
+MAX_JOB_ID = 2**31 - 1
+
+
+def ago(value: str | None) -> str:
+    """ "3 minutes ago" from an ISO time of the job's JSON (None: "—")."""
+    return timeago(datetime.fromisoformat(value)) if value else "—"
+
+
+def duration(seconds: float | None) -> str:
+    """A length of time as people read it: 0.4 s, 12 s, 3 min 5 s, 2 h 10 min."""
+    if seconds is None:
+        return "—"
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60} s" if whole % 60 else f"{whole // 60} min"
+    hours, minutes = whole // 3600, whole % 3600 // 60
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+
+
+# Helpers the job templates use.
+FORMAT = {"ago": ago, "duration": duration, "repo_url": repo_url}
+
+
+def _wake(request: Request) -> None:
+    """Tell this process's scheduler (if it runs one) to look at the queue now."""
+    scheduler = getattr(request.app.state, "scheduler", None)
+    if scheduler is not None:
+        scheduler.wake.set()
+
+
+def _is_htmx(request: Request) -> bool:
+    return bool(request.headers.get("hx-request")) and not request.headers.get("hx-history-restore-request")
+
+
+def _find_job(actor: Actor, session: Session, job_id: int) -> Job:
+    if not 1 <= job_id <= MAX_JOB_ID:
+        raise NotFound(f"job {job_id} not found", code="job_not_found")
+    return service.get_job(actor, session, job_id)
+
+
+# --- the list ---------------------------------------------------------------------------------------------
+
+
+@router.get("/jobs")
+def jobs_page(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    actor: ActorDep,
+    status: str = "",
+    owner: Annotated[str, Query(max_length=200)] = "",
+    repo: Annotated[str, Query(max_length=300)] = "",
+    before: Annotated[int | None, Query(ge=1, le=MAX_JOB_ID)] = None,
+) -> Response:
+    status = status if status in STATUSES else ""
+    owner = owner.strip()
+    target = None
+    if repo.strip():
+        repo_owner, _, repo_name = repo.strip().partition("/")
+        target = repos.get_repo(actor, session, repo_owner, repo_name)
+    jobs = service.list_jobs(
+        actor, session, owner=owner or None, status=status or None, repo=target, limit=PER_PAGE, before=before
+    )
+    counts = service.count_by_status(actor, session)
+    return render(
+        request,
+        "jobs/list.html",
+        **FORMAT,
+        jobs=[service.job_dict(settings, session, j) for j in jobs],
+        counts={s: counts.get(s, 0) for s in STATUSES},
+        total=sum(counts.values()),
+        status_filter=status,
+        owner=owner,
+        repo=target.full_name if target else "",
+        next_before=jobs[-1].id if len(jobs) == PER_PAGE else None,
+    )
+
+
+# --- one job ----------------------------------------------------------------------------------------------
+
+
+def _log_tail(settings: Settings, job: Job) -> tuple[str, int, bool]:
+    """The end of the job's log as text, the byte offset the page stops at (where following resumes),
+    and whether the beginning was left out. While the job runs, only whole lines are shown."""
+    path = workspace.job_dir(settings, job.id) / "log"
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            start = max(0, size - LOG_PAGE_BYTES)
+            f.seek(start)
+            data = f.read(size - start)
+    except FileNotFoundError:
+        return "", 0, False
+    if not job.final:
+        data = data[: data.rfind(b"\n") + 1]  # the rest, maybe half a character, comes live
+    end = start + len(data)
+    if start > 0:
+        data = data[data.find(b"\n") + 1 :]
+    return data.decode("utf-8", errors="replace"), end, start > 0
+
+
+def _live_context(
+    request: Request, settings: Settings, session: Session, actor: Actor, job: Job
+) -> dict[str, Any]:
+    data = service.job_dict(settings, session, job)
+    may_cancel = actor.is_admin or (actor.user is not None and actor.user.id == job.submitter_id)
+    return {
+        "job": data,
+        "final": job.final,
+        "provenance": Markup(provenance_svg(data)),
+        "can_cancel": may_cancel and not job.final,
+        **FORMAT,
+    }
+
+
+def _job_page(
+    request: Request,
+    settings: Settings,
+    session: Session,
+    actor: Actor,
+    job: Job,
+    status: int = 200,
+    error: str = "",
+) -> Response:
+    context = _live_context(request, settings, session, actor, job)
+    log_text, log_offset, log_cut = _log_tail(settings, job)
+    return render(
+        request,
+        "jobs/job.html",
+        status=status,
+        error=error,
+        log_text=log_text,
+        log_offset=log_offset,
+        log_cut=log_cut,
+        can_rerun=actor.user is not None,
+        headers={"Vary": "HX-Request"},
+        **context,
+    )
+
+
+@router.get("/jobs/{job_id}")
+def job_page(
+    job_id: int,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    actor: ActorDep,
+    part: str = "",
+) -> Response:
+    job = _find_job(actor, session, job_id)
+    if part == "live" and _is_htmx(request):
+        context = _live_context(request, settings, session, actor, job)
+        return render(request, "jobs/_live.html", headers={"Vary": "HX-Request"}, **context)
+    return _job_page(request, settings, session, actor, job)
+
+
+@router.post("/jobs/{job_id}/cancel")
+def cancel_job(
+    job_id: int,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    actor: ActorDep,
+    csrf_token: FormStr = "",
+) -> Response:
+    check_csrf(request, csrf_token)
+    job = _find_job(actor, session, job_id)
+    try:
+        service.cancel(actor, session, job)
+    except OpenSciError as exc:
+        session.rollback()
+        session.refresh(job)
+        return _job_page(request, settings, session, actor, job, status=exc.status, error=exc.message)
+    _wake(request)
+    return see_other(f"/jobs/{job.id}")
+
+
+@router.post("/jobs/{job_id}/rerun")
+def rerun_job(
+    job_id: int,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    actor: ActorDep,
+    csrf_token: FormStr = "",
+) -> Response:
+    check_csrf(request, csrf_token)
+    job = _find_job(actor, session, job_id)
+    try:
+        new = service.rerun(actor, session, settings, store, job)
+    except OpenSciError as exc:
+        session.rollback()
+        session.refresh(job)
+        return _job_page(request, settings, session, actor, job, status=exc.status, error=exc.message)
+    _wake(request)
+    return see_other(f"/jobs/{new.id}")
+
+
+# --- the Run form of a code repository --------------------------------------------------------------------
+
+RUN_FIELDS = (
+    "rev",
+    "command",
+    "inputs",
+    "output",
+    "branch",
+    "requirements",
+    "cpus",
+    "memory",
+    "time_limit",
+    "executor",
+)
+
+
+def _lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def parse_inputs(text: str) -> dict[str, dict[str, str | None]]:
+    """`name=owner/name[@rev]`, one a line, into the spec's inputs (blank lines and `#` comments skipped)."""
+    inputs: dict[str, dict[str, str | None]] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, ref = line.partition("=")
+        repo, _, rev = ref.strip().partition("@")
+        if not sep or not name.strip() or not repo.strip():
+            raise InvalidInput(
+                f"inputs, line {number}: write name=owner/name or name=owner/name@revision, not {line!r}",
+                code="invalid_spec",
+            )
+        if name.strip() in inputs:
+            raise InvalidInput(f"inputs, line {number}: {name.strip()!r} is named twice", code="invalid_spec")
+        inputs[name.strip()] = {"repo": repo.strip(), "rev": rev.strip() or None}
+    return inputs
+
+
+def _spec_message(exc: ValidationError) -> str:
+    parts = []
+    for e in exc.errors()[:5]:
+        where = ".".join(str(x) for x in e.get("loc", ()))
+        message = str(e.get("msg", "")).removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts) or "the job is not valid"
+
+
+def build_spec(repo: Repository, form: dict[str, str]) -> JobSpec:
+    """The job spec of a filled-in Run form (InvalidInput with a readable message if it is not one)."""
+    resources: dict[str, Any] = {}
+    for key in ("cpus", "memory", "time_limit"):
+        if form[key].strip():
+            resources[key] = form[key].strip()
+    raw: dict[str, Any] = {
+        "code": {"repo": repo.full_name, "rev": form["rev"].strip() or None},
+        "command": form["command"],
+        "inputs": parse_inputs(form["inputs"]),
+        "env": {"requirements": _lines(form["requirements"])},
+        "resources": resources,
+    }
+    if form["output"].strip():
+        raw["output"] = {"repo": form["output"].strip(), "branch": form["branch"].strip() or None}
+    elif form["branch"].strip():
+        raise InvalidInput("output: name the dataset that receives the outputs", code="invalid_spec")
+    if form["executor"].strip():
+        raw["executor"] = form["executor"].strip()
+    try:
+        return JobSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise InvalidInput(_spec_message(exc), code="invalid_spec") from exc
+
+
+def _code_repo(actor: Actor, session: Session, owner: str, name: str) -> Repository:
+    return repos.get_repo(actor, session, owner, name, kind=RepoKind.code)
+
+
+def _run_page(
+    request: Request,
+    settings: Settings,
+    session: Session,
+    store: GitStore,
+    actor: Actor,
+    repo: Repository,
+    form: dict[str, str],
+    status: int = 200,
+    error: str = "",
+) -> Response:
+    recent = service.list_jobs(actor, session, repo=repo, limit=10)
+    return repo_page(
+        request,
+        "jobs/run.html",
+        actor,
+        repo,
+        repos.open_git(store, repo),
+        "run",
+        status=status,
+        form=form,
+        error=error,
+        executors=settings.enabled_executors,
+        default_executor=settings.compute_default_executor,
+        recent=[service.job_dict(settings, session, j) for j in recent],
+        **FORMAT,
+    )
+
+
+def run_form(
+    owner: str,
+    name: str,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    actor: ActorDep,
+) -> Response:
+    repo = _code_repo(actor, session, owner, name)
+    if actor.user is None:
+        return login_redirect(request)
+    form = dict.fromkeys(RUN_FIELDS, "")
+    form["rev"] = repo.default_branch
+    form["cpus"] = "1"
+    return _run_page(request, settings, session, store, actor, repo, form)
+
+
+def run_submit(
+    owner: str,
+    name: str,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    actor: ActorDep,
+    rev: FormStr = "",
+    command: FormStr = "",
+    inputs: FormStr = "",
+    output: FormStr = "",
+    branch: FormStr = "",
+    requirements: FormStr = "",
+    cpus: FormStr = "",
+    memory: FormStr = "",
+    time_limit: FormStr = "",
+    executor: FormStr = "",
+    csrf_token: FormStr = "",
+) -> Response:
+    check_csrf(request, csrf_token)
+    repo = _code_repo(actor, session, owner, name)
+    form = {
+        "rev": rev,
+        "command": command,
+        "inputs": inputs,
+        "output": output,
+        "branch": branch,
+        "requirements": requirements,
+        "cpus": cpus,
+        "memory": memory,
+        "time_limit": time_limit,
+        "executor": executor,
+    }
+    try:
+        job = service.submit(actor, session, settings, store, build_spec(repo, form))
+    except OpenSciError as exc:
+        if exc.status >= 500:
+            raise
+        session.rollback()
+        # A repository or revision named in the form that is not found is a mistake in the form (422).
+        status = 422 if exc.status == 404 else exc.status
+        return _run_page(
+            request, settings, session, store, actor, repo, form, status=status, error=exc.message
+        )
+    _wake(request)
+    return see_other(f"/jobs/{job.id}")
+
+
+# Registered by `opensci.web.mount` with the repository pages (code repositories only: not under /datasets).
+RUN_PAGES: list[tuple[str, Callable[..., Response], list[str]]] = [
+    ("/{owner}/{name}/run", run_form, ["GET"]),
+    ("/{owner}/{name}/run", run_submit, ["POST"]),
+]

@@ -1,0 +1,78 @@
+"""Jobs through the API on a real Slurm cluster (slurmctld + slurmd started by `make test`): the scheduler
+submits with sbatch, watches with squeue/sacct, cancels with scancel; outputs are committed as for local
+jobs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from tests.api_helpers import API
+from tests.compute.conftest import code_repo, dataset, finished, logs, submit, wait
+from tests.compute.test_slurm_executor import cluster, slurm_cluster  # noqa: F401 (fixtures)
+from tests.conftest import Account
+
+pytestmark = pytest.mark.usefixtures("cluster")
+
+
+@pytest.fixture
+def app(app: FastAPI) -> Iterator[FastAPI]:
+    app.state.settings.compute_executors = "local,slurm"
+    yield app
+
+
+WORK = """\
+import os, pathlib, socket
+rows = pathlib.Path("inputs/table/t.csv").read_text().splitlines()
+pathlib.Path("outputs/count.txt").write_text(f"{len(rows) - 1}\\n")
+print("counted on", socket.gethostname(), "in slurm job", os.environ.get("SLURM_JOB_ID"), flush=True)
+"""
+
+
+def test_a_slurm_job_commits_its_outputs(http: httpx.Client, alice: Account) -> None:
+    code_repo(http, alice, "counter", {"count.py": WORK})
+    dataset(http, alice, "table", {"t.csv": "a\n1\n2\n3\n"})
+    dataset(http, alice, "counts", None)
+    job = submit(
+        http,
+        alice,
+        {
+            "code": {"repo": "alice/counter"},
+            "command": ["python", "count.py"],
+            "inputs": {"table": {"repo": "alice/table"}},
+            "output": {"repo": "alice/counts"},
+            "executor": "slurm",
+            "resources": {"cpus": 1, "memory": "256M", "time_limit": 120},
+        },
+    )
+    done = finished(http, alice, job["id"], timeout=120)
+    text = logs(http, alice, job["id"])
+    assert done["status"] == "succeeded", (done, text)
+    assert done["executor"] == "slurm"
+    assert "in slurm job" in text and "in slurm job None" not in text
+    raw = http.get(f"/datasets/alice/counts/resolve/{done['output']['commit']}/count.txt")
+    assert raw.text == "3\n"
+
+
+def test_a_slurm_job_is_cancelled_with_scancel(http: httpx.Client, alice: Account) -> None:
+    code_repo(http, alice, "sleeper", {"README.md": "z"})
+    job = submit(
+        http,
+        alice,
+        {
+            "code": {"repo": "alice/sleeper"},
+            "command": ["sh", "-c", "echo sleeping; sleep 300"],
+            "executor": "slurm",
+            "resources": {"memory": "128M", "time_limit": 600},
+        },
+    )
+    wait(http, alice, job["id"], lambda j: "sleeping" in logs(http, alice, j["id"]), timeout=90)
+    t0 = time.monotonic()
+    assert http.post(f"{API}/jobs/{job['id']}/cancel", headers=alice.headers).status_code == 200
+    done = finished(http, alice, job["id"], timeout=60)
+    assert done["status"] == "cancelled", done
+    assert time.monotonic() - t0 < 30
