@@ -4,7 +4,8 @@ One server process (`benchmarks/_bench_app.py`: the OpenSci app plus a Starlette
 SQLite, its own OPENSCI_HOME) serves everything:
 
 1. baselines: the file downloaded as a plain static file (`GET /bench-static/…`) with curl to a file;
-   and a copy of the file with fsync, the most a durable upload can do on this disk;
+   and a copy of the file with fsync, through the page cache and with direct I/O (the blob store writes
+   packs with direct I/O): the most a durable upload can do on this disk;
 2. `opensci upload` (the SDK's chunk protocol, the code path of the CLI) of the new file;
 3. the stored file downloaded through the raw endpoint (content from the blob store) the same way;
 4. `opensci upload` of a copy with 1 MiB rewritten in the middle: bytes sent, time, pack growth;
@@ -21,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import mmap
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -91,17 +94,45 @@ def curl(url: str, token: str, out: Path, *extra: str) -> tuple[int, float]:
     return int(words[0]), float(words[1])
 
 
-def copy_fsync(src: Path, dst: Path) -> float:
-    """Seconds to copy a file and fsync the copy: what the disk allows a durable upload at best."""
+def copy_fsync(src: Path, dst: Path, *, direct: bool = False) -> float | None:
+    """Seconds to copy a file and fsync the copy: through the page cache, or with direct I/O (what the
+    device itself allows; None where the filesystem refuses O_DIRECT)."""
     start = time.perf_counter()
-    with open(src, "rb") as f, open(dst, "wb") as out:
-        while block := f.read(BLOCK):
-            out.write(block)
-        out.flush()
-        os.fsync(out.fileno())
+    if direct:
+        buf = mmap.mmap(-1, BLOCK)  # page-aligned, as direct I/O wants
+        try:
+            fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_DIRECT", 0))
+        except OSError:
+            return None
+        try:
+            with open(src, "rb", buffering=0) as f:
+                offset = 0
+                while n := f.readinto(buf):  # type: ignore[arg-type]
+                    os.pwrite(fd, memoryview(buf)[: n + (-n) % 4096], offset)
+                    offset += n
+            os.ftruncate(fd, offset)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            buf.close()
+    else:
+        with open(src, "rb") as f, open(dst, "wb") as out:
+            while block := f.read(BLOCK):
+                out.write(block)
+            out.flush()
+            os.fsync(out.fileno())
     seconds = time.perf_counter() - start
     dst.unlink()
     return seconds
+
+
+def cpu_seconds(server_pid: int) -> tuple[float, float]:
+    """CPU time used so far by this process and its children (the client side: the SDK, curl), and by
+    the server process."""
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    client = me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+    fields = Path(f"/proc/{server_pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return client, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def timed(fn) -> tuple[float, object]:  # type: ignore[no-untyped-def]
@@ -133,7 +164,9 @@ def run(work: Path, size: int, runs: int, workers: int) -> None:
     edited_copy(v1, v2)
     write_random(v3, size, 99)
     edited_copy(v3, v4)
+    os.sync()  # the test files' write-back would otherwise slow down every figure below
     t_disk = copy_fsync(v1, work / "copy.bin")
+    t_direct = copy_fsync(v1, work / "copy.bin", direct=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
@@ -171,21 +204,27 @@ def run(work: Path, size: int, runs: int, workers: int) -> None:
         static_url = f"{url}/bench-static/v1.bin"
         stored_url = f"{url}/api/v1/repos/admin/big/raw/main/data.bin"
         curl(static_url, token, out)  # warm-up (page cache, first-request costs)
+        cpu0 = cpu_seconds(proc.pid)
         t_static = statistics.median(curl(static_url, token, out)[1] for _ in range(runs))
+        cpu_static = [(b - a) / runs for a, b in zip(cpu0, cpu_seconds(proc.pid), strict=True)]
 
         with Client(url, token, timeout=600) as client:
             client.create_repo("admin/big", kind="dataset")
             packs0 = pack_bytes(home)
+            cpu0 = cpu_seconds(proc.pid)
             t_up1, first = timed(
                 lambda: client.upload_with_result("admin/big", v1, "data.bin", workers=workers)
             )
+            cpu_up1 = [b - a for a, b in zip(cpu0, cpu_seconds(proc.pid), strict=True)]
             packs1 = pack_bytes(home)
             n, _ = curl(stored_url, token, out)  # warm-up
             assert n == size, n
             t_stored = statistics.median(curl(stored_url, token, out)[1] for _ in range(runs))
+            cpu0 = cpu_seconds(proc.pid)
             t_up2, second = timed(
                 lambda: client.upload_with_result("admin/big", v2, "data.bin", workers=workers)
             )
+            cpu_up2 = [b - a for a, b in zip(cpu0, cpu_seconds(proc.pid), strict=True)]
             packs2 = pack_bytes(home)
 
         mid = size // 2
@@ -227,7 +266,9 @@ def run(work: Path, size: int, runs: int, workers: int) -> None:
         f"\nfile: {size:,} bytes; downloads: curl to a file, median of {runs}; upload: SDK, {workers} workers"
     )
     print(f"{'static download (baseline)':38} {t_static:7.2f} s {static_mbs:7.0f} MB/s")
-    print(f"{'disk: copy + fsync (write ceiling)':38} {t_disk:7.2f} s {mb / t_disk:7.0f} MB/s")
+    print(f"{'disk: copy + fsync, page cache':38} {t_disk:7.2f} s {mb / t_disk:7.0f} MB/s")
+    if t_direct is not None:
+        print(f"{'disk: copy + fsync, direct I/O':38} {t_direct:7.2f} s {mb / t_direct:7.0f} MB/s")
     print(f"{'stored download (raw, blob store)':38} {t_stored:7.2f} s {stored_mbs:7.0f} MB/s")
     print(
         f"{'opensci upload, new file':38} {t_up1:7.2f} s {up_mbs:7.0f} MB/s  "
@@ -235,7 +276,15 @@ def run(work: Path, size: int, runs: int, workers: int) -> None:
     )
     print(f"{'opensci upload, 1 MiB edited':38} {t_up2:7.2f} s {mb / t_up2:7.0f} MB/s")
     print(f"{'git-lfs PUT, new file':38} {t_lfs:7.2f} s {mb / t_lfs:7.0f} MB/s")
-    print(f"{'1 MiB Range read mid-file':38} {t_range * 1000:7.1f} ms\n")
+    print(f"{'1 MiB Range read mid-file':38} {t_range * 1000:7.1f} ms")
+    print(f"CPU seconds (client / server, {os.cpu_count()} cores shared by both):")
+    for label, (client_cpu, server_cpu) in (
+        ("static download (curl / server)", cpu_static),
+        ("opensci upload, new file", cpu_up1),
+        ("opensci upload, 1 MiB edited", cpu_up2),
+    ):
+        print(f"  {label:36} {client_cpu:5.2f} / {server_cpu:5.2f}")
+    print()
     rows = [
         (
             "download stored / static",

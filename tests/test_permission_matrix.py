@@ -679,6 +679,22 @@ STORAGE_ROWS: list[Row] = [
         )[1],
         ALL_REPOS,
     ),
+    Row(
+        "POST",
+        "/api/v1/repos/{owner}/{name}/uploads/manifests",
+        repo_status(WRITE, 201),
+        lambda w, actor, t: (
+            w.app.state.blobs.put_chunk(
+                "72b31feaf3aa24d10177fc57fa22d76c756af91ee3166b444d6b77bd3fd4679f", b"matrix chunk"
+            ),
+            Req(
+                get(REPO + "/uploads/manifests")(w, actor, t).url + "?size=12",
+                content=bytes.fromhex("72b31feaf3aa24d10177fc57fa22d76c756af91ee3166b444d6b77bd3fd4679f"),
+                headers={"Content-Type": "application/octet-stream"},
+            ),
+        )[1],
+        ALL_REPOS,
+    ),
 ]
 
 # Rows of the Git LFS server and of quotas.

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import update
 
 from opensci.client import Client, UploadResult
 from opensci.client import chunks as client_chunks
 from opensci.storage import chunking as server_chunking
 from opensci.storage import files
 from opensci.storage.maintenance import stats
+from opensci.storage.models import StorageChunk
 from tests.client.conftest import Raw
 from tests.conftest import LiveServer
 
@@ -173,3 +175,34 @@ def test_a_download_of_an_lfs_file_resumes_with_a_range(
     part.write_bytes(b"garbage" * 1000)  # a partial file of other bytes: detected, downloaded again
     sdk.download_file("alice/weights", "w.bin", rev=commit, local_path=target)
     assert sha256(target) == sha256(path)
+
+
+def test_a_chunk_lost_while_the_manifest_streams_is_sent_again(
+    app: FastAPI, sdk: Client, raw: Raw, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server answers the streamed manifest with the chunks it no longer has (here one a scrub
+    quarantined right after it was stored): the SDK sends them again, then the whole manifest."""
+    monkeypatch.setattr(client_chunks, "BATCH_BYTES", MiB)
+    sdk.create_repo("lost", kind="dataset")
+    size = 6 * MiB
+    path = random_file(tmp_path / "f.bin", size, 9)
+    fc = client_chunks.chunk_file(path)
+    victim = bytes.fromhex(fc.hashes[0])
+    lost: list[bytes] = []
+
+    def quarantine_once_stored(done: int, total: int) -> None:
+        # Called as each batch is acknowledged, before the part of the manifest it belongs to is released.
+        if done and not lost:
+            with app.state.db.session() as session:
+                chunk = update(StorageChunk).where(StorageChunk.sha256 == victim)
+                if session.execute(chunk.values(damaged=True)).rowcount:  # its batch is stored
+                    lost.append(victim)
+                session.commit()
+
+    result = sdk.upload_with_result("alice/lost", path, progress=quarantine_once_stored)
+    assert lost
+    framing = client_chunks.FRAME.size
+    once = size + framing * len(fc.unique())
+    assert result.bytes_sent == once + framing + fc.lengths[0]  # the lost chunk travelled twice
+    assert pointer_in_git(app, sdk, "alice/lost", result.commit, "f.bin") == (sha256(path), size)
+    assert hashlib.sha256(raw.file("alice/lost", result.commit, "f.bin")).hexdigest() == sha256(path)

@@ -2,10 +2,13 @@
 
 A file is cut into content-defined chunks with the parameters of the server's blob store (FastCDC 2020,
 min 16 / avg 64 / max 256 KiB, normalized chunking 2: they must agree, or nothing deduplicates; a test
-compares the two), each named by its sha256. The client asks the repository which chunks it lacks,
-sends those in batches from several threads, then asks the server to assemble the file from its chunks
-(`/uploads/objects`); the commit names the file by its sha256 as a Git LFS pointer. A run after an
-interruption asks again, so only what is still missing is sent: uploads resume by construction.
+compares the two), each named by its sha256. While the file is still being cut, the client asks the
+repository which chunks of each part it lacks (on a thread of its own), sends those in batches from
+several threads, and streams the file's manifest (`/uploads/manifests`) as parts are stored: the server
+reads the file back from its chunks and hashes it meanwhile, and answers with its sha256, which the
+commit names as a Git LFS pointer. Each byte is hashed once here and twice on the server (its chunk,
+checked on arrival; the whole file), and nothing is left to hash when the last batch is stored. A run
+after an interruption asks again, so only what is still missing is sent: uploads resume by construction.
 
 Memory stays small whatever the file's size: the file is read in blocks of a few MiB and batches are
 streamed from disk while they are sent. This module needs httpx and pyfastcdc, nothing of the server.
@@ -15,18 +18,19 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import struct
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from concurrent.futures import FIRST_EXCEPTION, CancelledError, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
 from pyfastcdc import FastCDC
 
-from opensci.client.errors import TransferError, ValidationError
+from opensci.client.errors import OpenSciError, TransferError
 
 if TYPE_CHECKING:
     from opensci.client.client import Client
@@ -42,7 +46,9 @@ CHUNKED_MIN_BYTES = 1024 * 1024  # files larger than this are uploaded as chunks
 BATCH_BYTES = 16 * 1024 * 1024  # chunk bytes per request (the server takes up to 64 MiB)
 MISSING_BATCH = 50_000  # chunk hashes per `missing` question (the server takes up to 100,000)
 WORKERS = 4  # batches in flight at once
+ASK_BATCHES = 4  # one `missing` question per this many batches' worth of new chunks
 FRAME = struct.Struct(">32sI")  # a chunk's frame in a batch: sha256, length of the bytes that follow
+PIECE_BYTES = 256 * 1024  # a batch body is sent in writes of about this size
 
 Hashed = Callable[[int], None]
 """Called with the number of bytes just hashed."""
@@ -99,19 +105,23 @@ def _whole_sha256(path: Path, result: dict[str, object]) -> None:
 
 
 class _Cutter:
-    """Cuts a file into chunks exactly as the server's blob store does, block by block, while a second
-    thread hashes the whole file (hashlib releases the GIL: two cores). Iterate for the chunks, as
-    (hash, offset, length) lists; then `finish()` gives the file's sha256 and size.
+    """Cuts a file into chunks exactly as the server's blob store does, block by block, while (with
+    `whole`) a second thread hashes the whole file (hashlib releases the GIL: two cores). Iterate for
+    the chunks, as (hash, offset, length) lists; then `finish()` gives the file's sha256 and size.
 
     Boundaries equal `FastCDC.cut_stream`'s: a cut is taken only once MAX_SIZE bytes follow the chunk's
     start or the file has ended, so reading in blocks changes nothing."""
 
-    def __init__(self, path: Path, on_hashed: Hashed | None = None) -> None:
+    def __init__(self, path: Path, on_hashed: Hashed | None = None, *, whole: bool = True) -> None:
         self.path = path
         self.on_hashed = on_hashed
         self._whole: dict[str, object] = {}
-        self._thread = threading.Thread(
-            target=_whole_sha256, args=(path, self._whole), name="opensci-sha256", daemon=True
+        self._thread = (
+            threading.Thread(
+                target=_whole_sha256, args=(path, self._whole), name="opensci-sha256", daemon=True
+            )
+            if whole
+            else None
         )
         self.size = 0
         self.hashes: list[str] = []
@@ -119,7 +129,8 @@ class _Cutter:
         self.lengths: list[int] = []
 
     def __iter__(self) -> Iterator[list[tuple[str, int, int]]]:
-        self._thread.start()
+        if self._thread is not None:
+            self._thread.start()
         cdc = new_chunker()
         buf = bytearray(READ_BLOCK + MAX_SIZE)
         view = memoryview(buf)
@@ -155,8 +166,10 @@ class _Cutter:
                 carry = end - used
 
     def finish(self) -> FileChunks:
-        """The file's chunks and sha256, once every chunk was taken (TransferError if the file changed
-        meanwhile)."""
+        """The file's chunks and sha256 (without `whole`, an empty oid), once every chunk was taken
+        (TransferError if the file changed meanwhile)."""
+        if self._thread is None:
+            return FileChunks(self.path, "", self.size, self.hashes, self.offsets, self.lengths)
         self._thread.join()
         if "error" in self._whole:
             raise self._whole["error"]  # type: ignore[misc]
@@ -167,7 +180,7 @@ class _Cutter:
         )
 
     def abandon(self) -> None:
-        if self._thread.is_alive():
+        if self._thread is not None and self._thread.is_alive():
             self._thread.join()
 
 
@@ -229,15 +242,31 @@ def _batches(fc: FileChunks, wanted: set[str], limit: int) -> list[_Batch]:
 
 
 def _frames(path: Path, batch: _Batch) -> Iterator[bytes]:
-    """A batch's body, read from the file while it is sent."""
+    """A batch's body, read from the file while it is sent, in pieces of about PIECE_BYTES (one write
+    each: per-piece costs of the HTTP stack, paid per chunk, cost more CPU than the bytes)."""
+    buf = bytearray(PIECE_BYTES + FRAME.size + MAX_SIZE)
+    view = memoryview(buf)
+    pos = 0
     with open(path, "rb", buffering=0) as fh:
         fd = fh.fileno()
         for h, off, length in batch.entries:
-            data = os.pread(fd, length, off)
-            if len(data) != length:
-                raise TransferError(f"{path} shrank while it was being uploaded; upload it again")
-            yield FRAME.pack(bytes.fromhex(h), length)
-            yield data
+            if pos + FRAME.size + length > len(buf):
+                yield bytes(view[:pos])
+                pos = 0
+            FRAME.pack_into(buf, pos, bytes.fromhex(h), length)
+            pos += FRAME.size
+            got = 0
+            while got < length:
+                n = os.preadv(fd, [view[pos + got : pos + length]], off + got)
+                if n <= 0:
+                    raise TransferError(f"{path} shrank while it was being uploaded; upload it again")
+                got += n
+            pos += length
+            if pos >= PIECE_BYTES:
+                yield bytes(view[:pos])
+                pos = 0
+    if pos:
+        yield bytes(view[:pos])
 
 
 def send_chunks(
@@ -288,11 +317,76 @@ def send_chunks(
     return sent[0]
 
 
-def commit_object(client: Client, repo: str, fc: FileChunks) -> None:
-    """Ask the server to assemble the file from its stored chunks (and the repository to hold it)."""
-    url = client.api_path(repo, "uploads", "objects")
-    timeout = httpx.Timeout(client.timeout, read=max(client.timeout, 600.0))
-    client.request("POST", url, json={"oid": fc.oid, "size": fc.size, "chunks": fc.hashes}, timeout=timeout)
+class _Manifest:
+    """The file's manifest, streamed to `/uploads/manifests` from a thread of its own while the upload
+    goes on: the chunk ids of each part of the file, in order, released once the batches carrying that
+    part's new chunks are acknowledged (stored). The server reads and hashes the file as they come."""
+
+    def __init__(self, client: Client, repo: str, size: int) -> None:
+        self._queue: queue.Queue[tuple[bytes, list[Future[None]]] | BaseException | None] = queue.Queue()
+        self._reply: dict[str, object] = {}
+        self._thread = threading.Thread(
+            target=self._post, args=(client, repo, size), name="opensci-manifest", daemon=True
+        )
+        self._thread.start()
+
+    def add(self, ids: bytes, batches: list[Future[None]]) -> None:
+        self._queue.put((ids, batches))
+
+    def end(self) -> None:
+        self._queue.put(None)
+
+    def abort(self, exc: BaseException) -> None:
+        """Stop the stream: the server sees the request fail and stores nothing."""
+        self._queue.put(exc)
+        self._thread.join()
+
+    def result(self) -> tuple[str, int]:
+        """The server's answer, (oid, size), once `end` was called."""
+        self._thread.join()
+        if "error" in self._reply:
+            raise self._reply["error"]  # type: ignore[misc]
+        return _answer(self._reply)
+
+    def _body(self) -> Iterator[bytes]:
+        while (item := self._queue.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            ids, batches = item
+            for batch in batches:
+                batch.result()  # its chunks are stored (or the stream fails with it)
+            yield ids
+
+    def _post(self, client: Client, repo: str, size: int) -> None:
+        try:
+            self._reply.update(post_manifest(client, repo, size, self._body()))
+        except BaseException as exc:
+            self._reply["error"] = exc
+
+
+def post_manifest(client: Client, repo: str, size: int, body: bytes | Iterator[bytes]) -> dict[str, object]:
+    """Send a file's manifest (its chunk ids, 32 raw bytes each, in order) to be assembled and hashed by
+    the server: its reply, `{"oid", "size"}`."""
+    url = client.api_path(repo, "uploads", "manifests")
+    timeout = httpx.Timeout(client.timeout, read=None)  # the stream lasts as long as the upload
+    reply = client.request(
+        "POST",
+        url,
+        params={"size": size},
+        content=body,
+        headers={"Content-Type": "application/octet-stream"},
+        timeout=timeout,
+    )
+    return dict(reply.json())
+
+
+def _ids(hashes: list[str]) -> bytes:
+    return b"".join(bytes.fromhex(h) for h in hashes)
+
+
+def _identity(path: Path) -> tuple[int, int, int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
 
 def upload_path(
@@ -306,18 +400,25 @@ def upload_path(
     on_sent: Sent | None = None,
 ) -> tuple[FileChunks, int]:
     """Upload a file with the chunk protocol in one pass: the chunks of each part of the file are asked
-    about and sent while the rest is still being cut and hashed, so hashing and sending overlap; then
-    the server assembles the file. Returns the file's chunks and the bytes sent (frames included).
+    about and sent while the rest is still being cut and hashed, and the manifest is streamed to the
+    server as parts are stored, so cutting, hashing, sending and the server's check of the whole file
+    all overlap. The file's sha256 (its Git LFS oid) is the server's answer: the server reads the file's
+    content back from its own chunks, each checked against the sha256 this client computed from the
+    local file, so the client hashes each byte once. Returns the file's chunks (with that oid) and the
+    bytes sent (frames included).
 
     `on_sent(file_bytes, wire_bytes)`: the file bytes the server had already (with 0 sent) as each part
     is asked about, then one call per batch sent; the file bytes add up to the file's size."""
     limit = batch_bytes or BATCH_BYTES
+    ask_bytes = limit * ASK_BATCHES  # new chunks per question (and per part of the manifest)
     url = client.api_path(repo, "uploads", "chunks")
     timeout = httpx.Timeout(client.timeout, read=max(client.timeout, 300.0))
-    cutter = _Cutter(path, on_hashed)
+    before = _identity(path)
+    cutter = _Cutter(path, on_hashed, whole=False)
     asked: set[str] = set()
     group: dict[str, tuple[int, int]] = {}  # new hashes not asked about yet → (offset, length)
     group_bytes = 0
+    region: list[str] = []  # every chunk cut since the last question, in file order
     repeats = 0  # bytes of chunks seen before in this file: already on their way
     lock = threading.Lock()
     sent = [0]
@@ -330,6 +431,8 @@ def upload_path(
 
     def one(batch: _Batch) -> None:
         try:
+            if stop.is_set():  # another batch failed: the upload stops
+                raise CancelledError
             client.request(
                 "POST",
                 url,
@@ -343,69 +446,124 @@ def upload_path(
             with lock:
                 sent[0] += batch.body_length
             report(batch.file_bytes, batch.body_length)
+        except BaseException:
+            stop.set()
+            raise
         finally:
             slots.release()
 
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="opensci-upload") as pool:
-        futures: list[Future[None]] = []
+    manifest = _Manifest(client, repo, before[0])
+    stop = threading.Event()
+    with (
+        ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="opensci-upload") as pool,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="opensci-ask") as asker,
+    ):
+        futures: list[Future[None]] = []  # batches
+        questions: list[Future[None]] = []  # one per part of the file, in order
 
         def check() -> None:
-            for f in futures:
-                if f.done() and f.exception() is not None:
+            with lock:
+                done = [f for f in [*questions, *futures] if f.done() and not f.cancelled()]
+            for f in done:
+                if f.exception() is not None:
                     raise f.exception()  # type: ignore[misc]
 
-        def flush() -> None:
-            nonlocal group, group_bytes, repeats
+        def submit(batch: _Batch) -> Future[None]:
+            while not slots.acquire(timeout=0.1):
+                if stop.is_set():
+                    raise CancelledError
+            with lock:
+                futures.append(pool.submit(one, batch))
+                return futures[-1]
+
+        def dispatch(group: dict[str, tuple[int, int]], region: list[str], repeats: int) -> None:
+            """Ask about a part of the file, send its missing chunks, release its part of the manifest
+            (on the asking thread: cutting never waits for the server)."""
             missing = ask_missing(client, repo, list(group)) if group else set()
             present = sum(n for h, (_, n) in group.items() if h not in missing) + repeats
             report(present, 0)
-            wanted = [(h, off, n) for h, (off, n) in group.items() if h in missing]
-            group, group_bytes, repeats = {}, 0, 0
+            batches: list[Future[None]] = []
             batch = _Batch()
             size = 0
-            for h, off, n in wanted:
+            for h, (off, n) in group.items():
+                if h not in missing:
+                    continue
                 if batch.entries and size + n > limit:
-                    slots.acquire()
-                    futures.append(pool.submit(one, batch))
+                    batches.append(submit(batch))
                     batch, size = _Batch(), 0
                 batch.entries.append((h, off, n))
                 batch.file_bytes += n
                 size += n
             if batch.entries:
-                slots.acquire()
-                futures.append(pool.submit(one, batch))
+                batches.append(submit(batch))
+            manifest.add(_ids(region), batches)
+
+        def flush() -> None:
+            nonlocal group, group_bytes, repeats, region
+            with lock:
+                questions.append(asker.submit(dispatch, group, region, repeats))
+            group, group_bytes, repeats, region = {}, 0, 0, []
             check()
 
         try:
             for block in cutter:
                 for h, off, n in block:
+                    region.append(h)
                     if h in asked:
                         repeats += n
                         continue
                     asked.add(h)
                     group[h] = (off, n)
                     group_bytes += n
-                if group_bytes >= limit:
+                if group_bytes >= ask_bytes:
                     flush()
             flush()
+            wait(questions, return_when=FIRST_EXCEPTION)
+            check()
+            manifest.end()
             wait(futures, return_when=FIRST_EXCEPTION)
             check()
-        except BaseException:
-            for f in futures:
-                f.cancel()
+        except BaseException as exc:
+            stop.set()
+            with lock:
+                for f in [*questions, *futures]:
+                    f.cancel()
             cutter.abandon()
+            manifest.abort(exc)
             raise
     fc = cutter.finish()
+    if _identity(path) != before or fc.size != before[0]:
+        manifest.abort(TransferError("the file changed"))
+        raise TransferError(f"{path} changed while it was being uploaded; upload it again")
     total = sent[0]
-    for _ in range(3):
+    body: bytes | None = None  # the whole manifest, when it is sent again at once
+    for attempt in range(4):
         try:
-            commit_object(client, repo, fc)
-            return fc, total
-        except ValidationError as exc:
-            if exc.code != "missing_chunks":
+            if body is None:
+                oid, size = manifest.result()
+            else:
+                oid, size = _answer(post_manifest(client, repo, fc.size, body))
+        except OpenSciError as exc:
+            if exc.code not in ("missing_chunks", "object_damaged") or attempt == 3:
                 raise
-        # Collected between our question and the manifest (garbage collection): send them again.
-        again = ask_missing(client, repo, fc.unique())
-        total += send_chunks(client, repo, fc, again, workers=workers, batch_bytes=batch_bytes)
-    commit_object(client, repo, fc)
-    return fc, total
+            # Collected (or found damaged) meanwhile: send them again, then the whole manifest at once.
+            again = ask_missing(client, repo, fc.unique())
+            total += send_chunks(
+                client,
+                repo,
+                fc,
+                again,
+                workers=workers,
+                batch_bytes=batch_bytes,
+                on_sent=lambda _file_bytes, wire_bytes: report(0, wire_bytes),  # progress counted them
+            )
+            body = _ids(fc.hashes)
+            continue
+        if size != fc.size:
+            raise TransferError(f"the server assembled {size} bytes of {path}, not {fc.size}")
+        return replace(fc, oid=oid), total
+    raise AssertionError("unreachable")
+
+
+def _answer(reply: dict[str, object]) -> tuple[str, int]:
+    return str(reply["oid"]), int(reply["size"])  # type: ignore[call-overload]

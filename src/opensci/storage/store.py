@@ -7,12 +7,12 @@ re-checks every chunk it lists. So an object is either entirely durable and read
 a crash at any point leaves at most dead bytes in a pack and unreferenced chunks in the index, which
 garbage collection removes after the grace period.
 
-Our own client's resumable protocol uses `missing_chunks` → `put_chunks` → `commit_manifest`.
+Our own client's resumable protocol uses `missing_chunks` → `put_chunks` → `commit_manifest`, or, with
+a manifest streamed during the upload, a `content_reader` fed as it arrives → `commit_read`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import random
 import threading
 import time
@@ -31,11 +31,12 @@ from opensci.db.base import utcnow
 from opensci.errors import Conflict, InvalidInput, OpenSciError
 from opensci.settings import Settings
 from opensci.storage import index
-from opensci.storage.chunking import Chunk, ChunkedStream
+from opensci.storage.chunking import Chunk, ChunkedStream, chunk_sha256
 from opensci.storage.errors import DigestMismatch, MissingChunks, ObjectDamaged, ObjectNotFound
 from opensci.storage.index import ENTRY, check_oid, chunk_digest, encode_manifest
 from opensci.storage.models import ObjectState, StorageChunk, StorageObject, StoragePack
 from opensci.storage.packs import MAX_CHUNK, PackWriter
+from opensci.storage.readback import ContentReader
 from opensci.storage.reader import BlobReader
 
 if TYPE_CHECKING:
@@ -152,6 +153,7 @@ class BlobStore:
         self.packs_dir = self.root / "packs"
         self.pack_max_bytes = settings.storage_pack_max_bytes
         self.verify_reads = settings.storage_verify_reads
+        self.direct_io = settings.storage_direct_io
         self._idle: list[PackWriter] = []
         self._lock = threading.Lock()
 
@@ -179,7 +181,7 @@ class BlobStore:
     # --- pack writers: each operation appends to a pack of its own ----------------------------------------
 
     def _new_writer(self) -> PackWriter:
-        writer = PackWriter(self.packs_dir, self.pack_max_bytes)
+        writer = PackWriter(self.packs_dir, self.pack_max_bytes, direct=self.direct_io)
         try:
             with self.db.session() as session:
                 session.add(StoragePack(id=writer.id, size=writer.offset, live_bytes=0, sealed=False))
@@ -324,7 +326,7 @@ class BlobStore:
                 raise InvalidInput(
                     f"a chunk holds 1 to {MAX_CHUNK} bytes, not {len(view)}", code="invalid_chunk_size"
                 )
-            actual = hashlib.sha256(view).digest()
+            actual = chunk_sha256(view)
             if actual != digest:
                 raise DigestMismatch(
                     f"chunk {digest.hex()} has the sha256 {actual.hex()}; nothing was stored"
@@ -332,7 +334,10 @@ class BlobStore:
             checked[digest] = view
         if not checked:
             return 0
-        present = self._touch(list(checked))
+        # A read, not a touch: these were just reported missing to the sender (a chunk found here was
+        # stored by a concurrent upload moments ago), and the manifest that uses them touches them all.
+        with self.db.session() as session:
+            present = index.present_chunks(session, list(checked))
         new = [(d, v) for d, v in checked.items() if d not in present]
         if new:
             lease = _Lease(self)
@@ -356,18 +361,37 @@ class BlobStore:
         missing = sorted({d.hex() for d in digests if d not in locations or locations[d].damaged})
         if missing:
             raise MissingChunks(f"{len(missing)} chunks of {oid} are not stored; send them first", missing)
-        manifest = encode_manifest((d, locations[d].length) for d in digests)
         total = sum(locations[d].length for d in digests)
         if total != size:
             raise DigestMismatch(
                 f"the chunks add up to {total} bytes, not the announced {size}", code="size_mismatch"
             )
-        whole = hashlib.sha256()
-        with BlobReader(self, oid, total, manifest, verify=True) as reader:
-            for block in reader.blocks(0, total, prefetch=True):
-                whole.update(block)
-        if whole.hexdigest() != oid:
-            raise DigestMismatch(f"the chunks' content has the sha256 {whole.hexdigest()}, not {oid}")
+        with self.content_reader(oid) as reader:
+            reader.feed(digests, locations)
+            return self.commit_read(reader, size, oid)
+
+    def content_reader(self, oid: str = "") -> ContentReader:
+        """A reader that checks and hashes the content of chunks fed to it in order (a streamed manifest:
+        see `commit_read`)."""
+        return ContentReader(self, oid)
+
+    def commit_read(self, reader: ContentReader, size: int, expected_oid: str | None = None) -> ObjectInfo:
+        """Make an object of the chunks a ContentReader was fed: its oid is the sha256 the reader
+        computed. MissingChunks for chunks it did not find; DigestMismatch when the content does not
+        have `size` bytes or the `expected_oid`."""
+        if reader.missing:
+            missing = sorted(d.hex() for d in reader.missing)
+            raise MissingChunks(
+                f"{len(missing)} chunks of the manifest are not stored; send them first", missing
+            )
+        if reader.size != size:
+            raise DigestMismatch(
+                f"the chunks add up to {reader.size} bytes, not the announced {size}", code="size_mismatch"
+            )
+        oid = reader.hexdigest()
+        if expected_oid is not None and oid != expected_oid:
+            raise DigestMismatch(f"the chunks' content has the sha256 {oid}, not {expected_oid}")
+        manifest = encode_manifest(reader.entries)
         self._transaction(lambda session: self._commit_object(session, utcnow(), oid, size, manifest))
         return self.stat(oid)
 

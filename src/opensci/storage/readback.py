@@ -1,0 +1,249 @@
+"""Reading a new object back once, to prove that its chunks make the announced sha256.
+
+`BlobStore.commit_manifest` assembles an object from chunks uploaded moments ago (or long ago, shared
+with other files) and must check the sha256 of their concatenation. That pass reads every byte once
+and never again, so it reads around the page cache where the filesystem allows it (`O_DIRECT`, setting
+`storage_direct_io`): bytes go from the disk into two reused aligned buffers, one filled on a worker
+thread while the other is hashed, with no copy and no cache pages to allocate. Every chunk is checked
+against its record header and its xxh3-64 (its sha256 when the index has no xxh3), as BlobReader does;
+damage quarantines the chunk and raises ObjectDamaged, never a wrong verdict about the client's oid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import mmap
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from opensci.storage.errors import ObjectDamaged
+from opensci.storage.index import Location
+from opensci.storage.packs import ALIGN, HEADER, check_chunk, open_direct, pack_path
+from opensci.storage.reader import _executor
+
+if TYPE_CHECKING:
+    from opensci.storage.store import BlobStore
+
+SPAN_BYTES = 8 * 1024 * 1024  # most record bytes read at once
+BUFFER_BYTES = SPAN_BYTES + 2 * ALIGN  # a span, widened to whole blocks at both ends
+
+
+class _Moved(Exception):
+    """A pack went away after its chunks were located; `done` chunks of the feed were hashed."""
+
+    def __init__(self, done: int) -> None:
+        super().__init__(done)
+        self.done = done
+
+
+@dataclass(frozen=True)
+class _Span:
+    """Manifest entries [first, first + len(locations)) whose records follow each other in one pack."""
+
+    pack_id: str
+    locations: tuple[Location, ...]
+    digests: tuple[bytes, ...]
+
+    @property
+    def start(self) -> int:
+        return self.locations[0].offset - self.locations[0].offset % ALIGN
+
+    @property
+    def stop(self) -> int:
+        last = self.locations[-1]
+        end = last.offset + HEADER + last.length
+        return end + (-end) % ALIGN
+
+
+def _spans(digests: Sequence[bytes], locations: dict[bytes, Location]) -> Iterator[_Span]:
+    run: list[Location] = []
+    names: list[bytes] = []
+    nbytes = 0
+    for d in digests:
+        loc = locations[d]
+        size = HEADER + loc.length
+        if run and (
+            loc.pack_id != run[0].pack_id
+            or loc.offset != run[-1].offset + HEADER + run[-1].length
+            or nbytes + size > SPAN_BYTES
+        ):
+            yield _Span(run[0].pack_id, tuple(run), tuple(names))
+            run, names, nbytes = [], [], 0
+        run.append(loc)
+        names.append(d)
+        nbytes += size
+    if run:
+        yield _Span(run[0].pack_id, tuple(run), tuple(names))
+
+
+def _read(fd: int, buffer: mmap.mmap, start: int, n: int) -> int:
+    """Fill buffer[:n] from the pack at `start` (a block boundary); fewer bytes only at its end."""
+    view = memoryview(buffer)
+    got = 0
+    try:
+        while got < n:
+            k = os.preadv(fd, [view[got:n]], start + got)
+            got += max(k, 0)
+            if k <= 0 or got % ALIGN:  # the end of the pack (a direct read goes on only from a block)
+                break
+    finally:
+        view.release()
+    return got
+
+
+class _Packs:
+    """The packs' file descriptors, opened for direct reads where allowed."""
+
+    def __init__(self, store: BlobStore) -> None:
+        self.store = store
+        self.fds: dict[str, int] = {}
+
+    def fd(self, pack_id: str) -> int:
+        fd = self.fds.get(pack_id)
+        if fd is None:
+            path = pack_path(self.store.packs_dir, pack_id)
+            direct = open_direct(path, os.O_RDONLY) if self.store.direct_io else None
+            fd = direct if direct is not None else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            self.fds[pack_id] = fd
+        return fd
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+
+class ContentReader:
+    """Reads an object's chunks back in manifest order, checks each, and hashes the content they make.
+
+    Fed the whole manifest at once (`commit_manifest`), or piece by piece while a client streams it
+    during its upload (`commit_streamed`), so that checking a new object costs nothing after its last
+    chunk arrives. Chunks the store lacks (or holds damaged) are collected in `missing`; nothing is
+    hashed after the first of them. Not shared between threads; close it (or use `with`)."""
+
+    def __init__(self, store: BlobStore, oid: str = "") -> None:
+        self.store = store
+        self.oid = oid  # the object being checked, when known: marked damaged with a damaged chunk
+        self.size = 0
+        self.entries: list[tuple[bytes, int]] = []  # the manifest so far: (chunk sha256, length)
+        self.missing: dict[bytes, None] = {}
+        self._whole = hashlib.sha256()
+        self._packs = _Packs(store)
+        self._buffers: list[mmap.mmap] = []
+        self._joined: bytearray | None = None  # a span's chunk bytes, back to back
+
+    def __enter__(self) -> ContentReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def hexdigest(self) -> str:
+        return self._whole.hexdigest()
+
+    def feed(self, digests: Sequence[bytes], locations: dict[bytes, Location] | None = None) -> None:
+        """The next chunks of the manifest (located here unless `locations` is given). ObjectDamaged
+        for a chunk that fails its check. Chunks that compaction moved meanwhile are located again."""
+        for attempt in range(2):
+            if locations is None:
+                locations = self.store._locate(digests)
+            for d in digests:
+                loc = locations.get(d)
+                if loc is None or loc.damaged:
+                    self.missing[d] = None
+            if self.missing:
+                return
+            try:
+                self._hash(digests, locations)
+                return
+            except _Moved as moved:  # compaction deleted a pack after we located its chunks
+                if attempt:
+                    raise FileNotFoundError(f"chunks of {self.oid or 'a new object'} keep moving") from None
+                digests, locations = digests[moved.done :], None
+
+    def _hash(self, digests: Sequence[bytes], locations: dict[bytes, Location]) -> None:
+        spans = _spans(digests, locations)
+        done = 0  # digests hashed
+        pending: Future[int] | None = None
+        try:
+            current = next(spans, None)
+            if current is not None:
+                pending = self._read(current, 0)
+            turn = 0
+            while current is not None:
+                try:
+                    got = pending.result() if pending is not None else 0
+                except FileNotFoundError:
+                    raise _Moved(done) from None
+                pending = None
+                following = next(spans, None)
+                if following is not None:  # read the next span while this one is checked and hashed
+                    pending = self._read(following, 1 - turn)
+                self._check_and_hash(current, memoryview(self._buffers[turn])[:got])
+                done += len(current.digests)
+                current, turn = following, 1 - turn
+        finally:
+            if pending is not None:
+                pending.cancel()
+                with contextlib.suppress(BaseException):  # the first failure is the one being raised
+                    pending.result()
+
+    def _read(self, span: _Span, turn: int) -> Future[int]:
+        """Read a span into buffer `turn` (0 or 1) on a worker thread."""
+        n = span.stop - span.start
+        while len(self._buffers) <= turn:
+            self._buffers.append(mmap.mmap(-1, BUFFER_BYTES))
+        if len(self._buffers[turn]) < n:  # one chunk larger than a span (up to MAX_CHUNK)
+            with contextlib.suppress(BufferError):
+                self._buffers[turn].close()
+            self._buffers[turn] = mmap.mmap(-1, n)
+        try:
+            fd = self._packs.fd(span.pack_id)
+        except FileNotFoundError as exc:
+            failed: Future[int] = Future()
+            failed.set_exception(exc)
+            return failed
+        return _executor().submit(_read, fd, self._buffers[turn], span.start, n)
+
+    def _check_and_hash(self, span: _Span, data: memoryview) -> None:
+        """Check each chunk of a span, gather their bytes, and hash them in one call: hashlib then lets
+        go of the GIL once per span, not once per chunk (see `chunking.GIL_PIECE`)."""
+        need = sum(loc.length for loc in span.locations)
+        if self._joined is None or len(self._joined) < need:
+            self._joined = bytearray(max(SPAN_BYTES, need))
+        joined = memoryview(self._joined)
+        at_joined = 0
+        try:
+            for loc, digest in zip(span.locations, span.digests, strict=True):
+                at = loc.offset - span.start
+                reason: str | None
+                if at + HEADER + loc.length > len(data):
+                    reason = "the pack ends before the chunk does"
+                else:
+                    body = data[at + HEADER : at + HEADER + loc.length]
+                    reason = check_chunk(data[at : at + HEADER], body, digest, verify=True, fast=loc.check)
+                if reason is not None:
+                    self.store._quarantine(self.oid, (digest, loc))
+                    raise ObjectDamaged(
+                        f"chunk {digest.hex()} (pack {loc.pack_id}, offset {loc.offset}) is damaged: "
+                        f"{reason}. It is quarantined; upload the file again to repair it"
+                    )
+                joined[at_joined : at_joined + loc.length] = body
+                at_joined += loc.length
+                self.entries.append((digest, loc.length))
+                self.size += loc.length
+            self._whole.update(joined[:at_joined])
+        finally:
+            joined.release()
+            data.release()
+
+    def close(self) -> None:
+        self._packs.close()
+        for buffer in self._buffers:
+            with contextlib.suppress(BufferError):  # a view in a traceback still uses it: freed later
+                buffer.close()
+        self._buffers = []
