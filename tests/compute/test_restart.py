@@ -19,7 +19,7 @@ from opensci.settings import Settings
 from tests.api_helpers import API
 from tests.compute.conftest import code_repo, dataset, finished, logs, submit, wait
 from tests.conftest import Account
-from tests.storage.test_server_kill import Server
+from tests.server_process import Server
 
 
 @pytest.fixture

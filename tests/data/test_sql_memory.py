@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,8 +19,9 @@ from fastapi import FastAPI
 
 from opensci.settings import Settings
 from tests.api_helpers import API, committed, create_repo, error_code
-from tests.conftest import Account, free_port
+from tests.conftest import Account
 from tests.data.test_sql_api import parquet_bytes
+from tests.server_process import Server
 
 MEMORY_LIMIT_MB = 256
 # The server's peak RSS may grow by at most this much while two giant queries run (it holds no query
@@ -59,47 +58,14 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-class Server:
-    """`opensci serve` as a subprocess, with a low SQL memory limit."""
-
-    def __init__(self, settings: Settings, tmp: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(tmp),
-            "OPENSCI_HOME": str(settings.home),
-            "OPENSCI_DATABASE_URL": settings.effective_database_url,
-            "OPENSCI_SECRET_KEY": "memory-test-secret",
-            "OPENSCI_BASE_URL": self.url,
-            "OPENSCI_SQL_MEMORY_LIMIT": f"{MEMORY_LIMIT_MB}MB",
-            "OPENSCI_SQL_TIMEOUT_SECONDS": "60",
-        }
-        self.proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "opensci"), "serve", "--port", str(self.port)],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/api/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        self.stop()
-        pytest.fail("the server did not start")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-
 @pytest.fixture
 def server(settings: Settings, app: FastAPI, tmp_path: Path) -> Iterator[Server]:
-    srv = Server(settings, tmp_path)
+    srv = Server(
+        settings,
+        tmp_path,
+        {"OPENSCI_SQL_MEMORY_LIMIT": f"{MEMORY_LIMIT_MB}MB", "OPENSCI_SQL_TIMEOUT_SECONDS": "60"},
+    )
+    srv.start()
     yield srv
     srv.stop()
 

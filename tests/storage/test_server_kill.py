@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,57 +19,19 @@ from sqlalchemy import select
 from opensci.settings import Settings
 from opensci.storage.models import StorageObject
 from opensci.storage.store import BlobStore
-from tests.conftest import Account, free_port
+from tests.conftest import Account
+from tests.server_process import Server
 
 LFS = {"Accept": "application/vnd.git-lfs+json", "Content-Type": "application/vnd.git-lfs+json"}
 
 
-class Server:
-    def __init__(self, settings: Settings, tmp: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            "PATH": "/usr/bin:/bin",
-            "HOME": str(tmp),
-            "OPENSCI_HOME": str(settings.home),
-            "OPENSCI_DATABASE_URL": settings.effective_database_url,
-            "OPENSCI_SECRET_KEY": "kill-test-secret",
-            "OPENSCI_BASE_URL": self.url,
-            "OPENSCI_LFS_THRESHOLD_BYTES": "100000",
-            "OPENSCI_STORAGE_PACK_MAX_BYTES": str(8 * 1024 * 1024),
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "opensci"), "serve", "--port", str(self.port)],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/api/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        pytest.fail("the server did not start")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-
 @pytest.fixture
 def server(settings: Settings, app: FastAPI, tmp_path: Path) -> Iterator[Server]:
-    srv = Server(settings, tmp_path)
+    srv = Server(
+        settings,
+        tmp_path,
+        {"OPENSCI_LFS_THRESHOLD_BYTES": "100000", "OPENSCI_STORAGE_PACK_MAX_BYTES": str(8 * 1024 * 1024)},
+    )
     yield srv
     srv.stop()
 

@@ -154,8 +154,6 @@ def _event(kind: str, data: dict[str, Any]) -> bytes:
 async def _follow(
     db: Any, settings: Any, job_id: int, path: Any, offset: int, request: Request
 ) -> AsyncIterator[bytes]:
-    from opensci.compute.models import Job
-
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
     idle = 0.0
     while True:
@@ -168,9 +166,7 @@ async def _follow(
 
         def state() -> tuple[str, int | None, str]:
             with db.session() as s:
-                job = s.get(Job, job_id)
-                assert job is not None
-                return str(job.status), job.exit_code, job.message
+                return service.state(s, job_id)
 
         status, exit_code, message = await run_in_threadpool(state)
         if status in FINAL:

@@ -182,6 +182,14 @@ def get_job(actor: Actor, session: Session, job_id: int) -> Job:
     return job
 
 
+def state(session: Session, job_id: int) -> tuple[str, int | None, str]:
+    """(status, exit code, message) of a job the caller has already been allowed to read."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"job {job_id} not found", code="job_not_found")
+    return str(job.status), job.exit_code, job.message
+
+
 def list_jobs(
     actor: Actor,
     session: Session,

@@ -91,12 +91,12 @@ def passed_through(environ: dict[str, str] | os._Environ[str]) -> dict[str, str]
     return {k: v for k, v in environ.items() if k.startswith(PASS_THROUGH)}
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
+def human_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    return f"{n:.1f} GiB"
+    return f"{n:.1f} TiB"
 
 
 class Run:
@@ -138,7 +138,8 @@ class Run:
             if rss > limit:
                 self.stop(
                     "memory",
-                    f"memory limit exceeded: the job used {_human(rss)} of {_human(limit)}; stopping it",
+                    f"memory limit exceeded: the job used {human_size(rss)} of {human_size(limit)}; "
+                    "stopping it",
                 )
             elif now > deadline:
                 self.stop("timeout", f"time limit of {self.spec['time_limit']} s reached; stopping the job")

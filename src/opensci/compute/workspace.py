@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 from opensci.compute import envs
 from opensci.compute.executors.base import Launch, Resources
 from opensci.compute.models import Job
+from opensci.compute.shim import human_size
 from opensci.errors import OpenSciError
 from opensci.repos.gitstore import GitStore
 from opensci.repos.models import Repository
@@ -227,7 +228,7 @@ def prepare(
         code = resolved["code"]
         repo, g, commit = _open(session, store, code)
         n, size = materialize(settings, session, blobs, g, repo, commit, work, link=False)
-        note(log, f"code {code['repo']} at {code['commit'][:12]}: {n} files, {_human(size)}")
+        note(log, f"code {code['repo']} at {code['commit'][:12]}: {n} files, {human_size(size)}")
         for top in ("inputs", "outputs"):
             if (work / top).exists() or (work / top).is_symlink():
                 note(log, f"the code has its own {top}/; it is replaced by the job's")
@@ -239,7 +240,7 @@ def prepare(
             n, size = materialize(
                 settings, session, blobs, g, repo, commit, inputs / name, link=bwrap is not None
             )
-            note(log, f"input {name}: {ref['repo']} at {ref['commit'][:12]}: {n} files, {_human(size)}")
+            note(log, f"input {name}: {ref['repo']} at {ref['commit'][:12]}: {n} files, {human_size(size)}")
         _read_only(inputs)
         (work / "outputs").mkdir()
     except OpenSciError as exc:
@@ -323,11 +324,3 @@ def clean(settings: Settings, job_id: int) -> None:
     for d in (jd / "work", jd / "home"):
         if d.exists():
             _remove(d)
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""
