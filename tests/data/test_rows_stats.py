@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import io
 import json
 from typing import Any
 
@@ -12,6 +13,8 @@ import pyarrow as pa
 import pytest
 from fastapi.testclient import TestClient
 
+from opensci.data.catalog import Table
+from opensci.data.service import read_rows
 from opensci.settings import Settings
 from tests.api_helpers import API, committed, create_repo, error_code
 from tests.conftest import Account
@@ -257,3 +260,41 @@ def test_nanosecond_timestamps_are_rows_not_errors(client: TestClient, alice: Ac
     assert rows[0]["t"].startswith("2020-01-02") and rows[0]["t"].endswith(".123456789")
     assert rows[0]["d"] == 1.5e-6 and rows[1] == {"t": None, "d": None}
     assert client.get(f"{API}/datasets/{full}/tables/events/stats").status_code == 200
+
+
+class _CountingFile(io.BytesIO):
+    """A file that counts the bytes read from it."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.bytes_read = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        out = super().read(size)
+        self.bytes_read += len(out)
+        return out
+
+    def readinto(self, buffer: Any) -> int:
+        n = super().readinto(buffer)
+        self.bytes_read += n
+        return n
+
+
+def test_first_rows_of_a_big_row_group_read_its_first_pages_only() -> None:
+    """The viewer's first page of a 1 GiB file must not fetch whole 128 MB row groups: columns are
+    read page by page, so the bytes read are a small part of the row group."""
+    rng = np.random.default_rng(3)
+    table = pa.table({f"c{i}": rng.random(1_000_000) for i in range(2)})
+    data = tf.parquet_bytes(table, row_group_size=1_000_000, use_dictionary=False)  # 16 MB, 1 MB pages
+    files: list[_CountingFile] = []
+
+    def opener(_: int) -> _CountingFile:
+        files.append(_CountingFile(data))
+        return files[-1]
+
+    t = Table("t", 1_000_000, [], ["t.parquet"], ["unused"], [1_000_000])
+    rows = read_rows(t, 0, 100, opener)
+    assert [r["c0"] for r in rows] == table.column("c0").to_pylist()[:100]
+    assert files[0].bytes_read < len(data) / 4, (files[0].bytes_read, len(data))
+    deep = read_rows(t, 999_990, 10, opener)  # the last rows: every page decoded on the way
+    assert [r["c1"] for r in deep] == table.column("c1").to_pylist()[999_990:]

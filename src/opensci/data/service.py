@@ -26,6 +26,7 @@ from opensci.settings import Settings
 from opensci.storage.store import BlobStore
 
 MAX_ROWS = 1000
+READ_BUFFER = 1 << 20  # bytes per column read while decoding rows
 
 
 def revision_catalog(
@@ -96,7 +97,9 @@ def read_rows(table: Table, offset: int, limit: int, opener: Opener | None = Non
             continue
         source = opener(i) if opener is not None else table.parquet[i]
         try:
-            with pq.ParquetFile(source) as f:
+            # Column chunks read page by page through a buffer, not fetched whole (pyarrow's
+            # pre_buffer): the first rows of a 128 MB row group cost its first pages only.
+            with pq.ParquetFile(source, buffer_size=READ_BUFFER, pre_buffer=False) as f:
                 pos, need = _read_file(f, pos, need, out)
         finally:
             if not isinstance(source, str):
