@@ -33,3 +33,14 @@ def test_environment_overrides_the_toml_file(tmp_path: Path, monkeypatch: pytest
 def test_default_database_is_sqlite_in_the_home(tmp_path: Path) -> None:
     s = Settings(home=tmp_path)
     assert s.effective_database_url == f"sqlite:///{tmp_path.resolve()}/opensci.db"
+
+
+@pytest.mark.parametrize("value", ["lots", "1XB", "", "-1GB", "0"])
+def test_a_bad_sql_memory_limit_is_refused_when_settings_load(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ValueError, match="memory size"):
+        Settings(home=tmp_path, sql_memory_limit=value)
+
+
+def test_sql_memory_limits_in_every_unit_are_accepted(tmp_path: Path) -> None:
+    for value in ("512MB", "2GB", "1.5GiB", "100000000"):
+        assert Settings(home=tmp_path, sql_memory_limit=value).sql_memory_limit == value

@@ -11,7 +11,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -95,6 +95,7 @@ class Settings(BaseSettings):
         "256 MiB) on the data of the worker process that runs the query, which covers values DuckDB builds "
         "outside its limit; nothing spills to disk, so a query that needs more gets 413 `query_too_large`.",
     )
+
     sql_threads: int = Field(2, ge=1, description="DuckDB threads per SQL query.")
     sql_max_concurrent: int = Field(
         4,
@@ -236,6 +237,16 @@ class Settings(BaseSettings):
         gt=0,
         description="Longest a Slurm command (sbatch, squeue, sacct …) may take before it counts as failed.",
     )
+
+    @field_validator("sql_memory_limit")
+    @classmethod
+    def _memory_size(cls, value: str) -> str:
+        """A size DuckDB and the worker's cap both understand, refused at start-up rather than per query."""
+        from opensci.data.sql_worker import size_bytes  # stdlib only; settings load before any domain
+
+        if size_bytes(value) <= 0:
+            raise ValueError(f"not a memory size: {value!r} (write e.g. 512MB or 2GB)")
+        return value
 
     @classmethod
     def settings_customise_sources(

@@ -87,3 +87,16 @@ def test_importing_the_sdk_pulls_in_nothing_of_the_server() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert proc.stdout.strip() == "[]"
+
+
+def test_a_bad_setting_is_one_clear_line_per_setting(tmp_path: Path) -> None:
+    env = _env(OPENSCI_HOME=str(tmp_path), OPENSCI_SQL_MEMORY_LIMIT="lots", OPENSCI_SQL_THREADS="0")
+    proc = subprocess.run(
+        [_opensci(), "serve", "--port", "1"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.splitlines()
+    assert lines[0].startswith("opensci: bad setting OPENSCI_SQL_MEMORY_LIMIT='lots': ")
+    assert "not a memory size" in lines[0]
+    assert lines[1].startswith("opensci: bad setting OPENSCI_SQL_THREADS='0': ")
+    assert "Traceback" not in proc.stderr
