@@ -169,9 +169,27 @@ class Settings(BaseSettings):
     )
     compute_sandbox: str = Field(
         "auto",
-        description="Sandbox of local jobs: `bwrap` (bubblewrap: no network unless the job asks, inputs "
-        "read-only, nothing of the host's home or the platform's data visible), `none`, or `auto` (bwrap "
-        "when it is installed and works).",
+        description="Sandbox of local jobs: `bwrap` (bubblewrap: no network unless the job asks, no "
+        "privileges even when the server runs as root, inputs and environment read-only, /tmp on the job's "
+        "disk, nothing of the host's home or the platform's data visible), `none` (jobs run as the server's "
+        "user and can read everything it can), or `auto` (bwrap when it is installed and works).",
+    )
+    compute_slurm_sandbox: str = Field(
+        "auto",
+        description="Sandbox of Slurm jobs on the nodes, as `compute_sandbox`: `auto` uses bubblewrap when "
+        "it works on the server's machine, so the nodes need it at the same path; `none` runs jobs with the "
+        "full rights of the Slurm user that submits them (the server's).",
+    )
+    compute_allow_network: bool = Field(
+        True,
+        description="Whether jobs may ask for network access (`env.network`); sandboxed jobs have none "
+        "otherwise. With `false`, such jobs are refused.",
+    )
+    compute_max_log_bytes: int = Field(
+        100 * 1024**2,
+        ge=0,
+        description="Most bytes of a job's output kept in its log; the rest is counted and dropped (the log "
+        "says so). 0 means no limit.",
     )
     compute_python: str = Field(
         "",

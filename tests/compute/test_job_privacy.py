@@ -306,7 +306,9 @@ def test_a_rerun_by_a_non_admin_drops_the_priority(world: World) -> None:
     assert theirs.status_code == 201 and theirs.json()["priority"] == 10
 
 
-def test_a_job_over_a_deleted_repository_is_hidden_from_all_but_admins(world: World) -> None:
+def test_a_job_over_a_deleted_repository_is_hidden_from_all_but_admins_and_its_submitter(
+    world: World,
+) -> None:
     alice = world.accounts["alice"]
     create_repo(world.client, alice, "doomed", kind="dataset")
     committed(world.client, alice, "alice/doomed", {"a.csv": "a\n1\n"})
@@ -314,13 +316,18 @@ def test_a_job_over_a_deleted_repository_is_hidden_from_all_but_admins(world: Wo
     assert world.get("bob", f"{API}/jobs/{job_id}").status_code == 200
     r = world.client.delete(f"{API}/repos/alice/doomed", headers=alice.headers)
     assert r.status_code == 204, r.text
-    for actor in ("anonymous", "bob", "carol", "alice"):
+    for actor in ("anonymous", "bob", "carol"):
         assert error_code(world.get(actor, f"{API}/jobs/{job_id}"), 404) == "job_not_found", actor
+        assert error_code(world.get(actor, f"{API}/jobs/{job_id}/logs"), 404) == "job_not_found", actor
         assert job_id not in world.listed(actor), actor
         assert job_id not in world.listed(actor, owner="alice", status="queued"), actor
-    # A new repository of the same name does not bring the job back.
+    # Its submitter keeps sight of it (the job and its log were theirs), also with a read-only token.
+    for actor in ("alice", "alice_read"):
+        assert world.get(actor, f"{API}/jobs/{job_id}").status_code == 200, actor
+        assert job_id in world.listed(actor, owner="alice", status="queued"), actor
+    # A new repository of the same name (not the one the job read) changes nothing for others.
     create_repo(world.client, alice, "doomed", kind="dataset")
-    assert world.get("alice", f"{API}/jobs/{job_id}").status_code == 404
+    assert world.get("bob", f"{API}/jobs/{job_id}").status_code == 404
     r = world.get("root", f"{API}/jobs/{job_id}")
     assert r.status_code == 200, r.text
     assert r.json()["inputs"]["doomed"]["repo"] == "alice/doomed"

@@ -76,3 +76,42 @@ def test_a_slurm_job_is_cancelled_with_scancel(http: httpx.Client, alice: Accoun
     done = finished(http, alice, job["id"], timeout=60)
     assert done["status"] == "cancelled", done
     assert time.monotonic() - t0 < 30
+
+
+SNOOP = """\
+import json, os, pathlib, sys
+r = {"platform_home_visible": os.path.exists(sys.argv[1] + "/git"), "uid": os.getuid()}
+try:
+    pathlib.Path("inputs/table/t.csv").write_text("changed")
+    r["inputs_writable"] = True
+except OSError:
+    r["inputs_writable"] = False
+pathlib.Path("outputs/r.json").write_text(json.dumps(r))
+"""
+
+
+def test_a_slurm_job_runs_in_the_sandbox_on_its_node(
+    http: httpx.Client, alice: Account, app: FastAPI
+) -> None:
+    home = str(app.state.settings.home.resolve())
+    code_repo(http, alice, "snoop", {"snoop.py": SNOOP})
+    dataset(http, alice, "table", {"t.csv": "a\n1\n"})
+    dataset(http, alice, "found", None)
+    job = submit(
+        http,
+        alice,
+        {
+            "code": {"repo": "alice/snoop"},
+            "command": ["python", "snoop.py", home],
+            "inputs": {"table": {"repo": "alice/table"}},
+            "output": {"repo": "alice/found"},
+            "executor": "slurm",
+            "resources": {"cpus": 1, "memory": "256M", "time_limit": 120},
+        },
+    )
+    done = finished(http, alice, job["id"], timeout=120)
+    text = logs(http, alice, job["id"])
+    assert done["status"] == "succeeded", (done, text)
+    assert "sandbox: bubblewrap, network off" in text
+    r = http.get(f"/datasets/alice/found/resolve/{done['output']['commit']}/r.json").json()
+    assert r == {"platform_home_visible": False, "uid": 65534, "inputs_writable": False}, r

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import stat
 from pathlib import Path
 from typing import IO
 
@@ -23,13 +24,14 @@ from opensci.accounts.models import User
 from opensci.accounts.permissions import Actor, can
 from opensci.compute.models import Job
 from opensci.compute.workspace import note
-from opensci.errors import OpenSciError
+from opensci.errors import InvalidInput, OpenSciError
 from opensci.repos import service as repos
 from opensci.repos.gitstore import GitStore, Upload
 from opensci.repos.models import Repository
 from opensci.settings import Settings
 from opensci.storage import files
 from opensci.storage.store import BlobStore
+from opensci.validation import check_repo_path
 
 
 class OutputError(Exception):
@@ -55,19 +57,40 @@ def message_of(settings: Settings, job: Job) -> str:
     return "\n".join(lines) + "\n"
 
 
-def output_files(outputs: Path) -> tuple[dict[str, Path], list[str]]:
-    """Regular files under `outputs` by repository path; and what was skipped (links, odd files)."""
+def output_files(outputs: Path) -> tuple[dict[str, Path], list[tuple[str, str]]]:
+    """Regular files under `outputs` by repository path; and what was skipped, with why (links, odd
+    files, names a repository cannot hold). Nothing outside `outputs` is ever read: a job that made
+    `outputs` itself a link (to the platform's data, say) gets nothing committed, and links inside it are
+    neither followed nor committed."""
     found: dict[str, Path] = {}
-    skipped: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(outputs):
+    skipped: list[tuple[str, str]] = []
+    try:
+        top = os.lstat(outputs)
+    except FileNotFoundError:
+        return found, skipped
+    if not stat.S_ISDIR(top.st_mode):
+        kind = "a link" if stat.S_ISLNK(top.st_mode) else "not a folder"
+        return found, [("", f"outputs/ is {kind}; nothing under it is committed")]
+    for dirpath, dirnames, filenames in os.walk(outputs):  # never descends into links
         dirnames.sort()
+        for name in list(dirnames):
+            if os.path.islink(os.path.join(dirpath, name)):
+                dirnames.remove(name)
+                rel = (Path(dirpath) / name).relative_to(outputs).as_posix()
+                skipped.append((rel, "is a link to a folder, not followed"))
         for name in sorted(filenames):
             path = Path(dirpath) / name
             rel = path.relative_to(outputs).as_posix()
-            if path.is_symlink() or not path.is_file():
-                skipped.append(rel)
-            else:
-                found[rel] = path
+            mode = os.lstat(path).st_mode
+            if not stat.S_ISREG(mode):
+                skipped.append((rel, "is not a regular file (a link, a pipe…)"))
+                continue
+            try:
+                check_repo_path(rel)
+            except InvalidInput as exc:
+                skipped.append((rel, f"has a name a repository cannot hold ({exc.message})"))
+                continue
+            found[rel] = path
     return found, skipped
 
 
@@ -83,9 +106,11 @@ def commit_outputs(
     """Commit the job's outputs as its submitter; returns the commit (None when there is nothing to
     commit or nowhere to commit it). Large files go to the blob store, deduplicated, as for any commit."""
     target = job.resolved.get("output")
-    found, skipped = output_files(outputs) if outputs.is_dir() else ({}, [])
-    for rel in skipped:
-        note(log, f"outputs/{rel} is not a regular file; it is not committed")
+    found, skipped = output_files(outputs)
+    for rel, why in skipped:
+        if not rel and target is not None:  # outputs/ itself is a link: the job's outputs are not there
+            raise OutputError(f"{why} (outputs are never read through links)")
+        note(log, f"outputs/{rel} {why}: not committed" if rel else why)
     if target is None:
         if found:
             note(log, f"{len(found)} files in outputs/ are not kept: the job has no output repository")

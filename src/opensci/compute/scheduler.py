@@ -233,7 +233,10 @@ class Scheduler:
     # --- one job ----------------------------------------------------------------------------------------
 
     def _log(self, job_id: int) -> IO[bytes]:
-        jd = workspace.job_dir(self.settings, job_id)
+        """The job's log, appended to, in a directory that is the job's own (see `workspace.claim_dir`)."""
+        with self.db.session() as s:
+            job = s.get(Job, job_id)
+            jd = workspace.claim_dir(self.settings, job) if job else workspace.job_dir(self.settings, job_id)
         jd.mkdir(parents=True, exist_ok=True)
         return open(jd / "log", "ab", buffering=0)
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from sqlalchemy import exists, func, or_, select, true
+from sqlalchemy import and_, exists, func, or_, select, true
 from sqlalchemy.orm import Session
 
 from opensci.accounts.models import Owner, Scope
 from opensci.accounts.permissions import Actor, can, readable_repos_clause
-from opensci.compute import envs
+from opensci.compute import envs, workspace
 from opensci.compute.executors import NAMES
 from opensci.compute.models import FINAL, Job, JobPhase, JobRepo, JobStatus
 from opensci.compute.schemas import JobSpec
@@ -103,6 +103,10 @@ def submit(
             raise _bad(f"resources.cpus: the local executor has {local_cpus(settings)} CPUs")
         if res.gpus:
             raise _bad("resources.gpus: the local executor has no GPUs; use the slurm executor")
+    if spec.env.network and not settings.compute_allow_network:
+        raise _bad(
+            "env.network: this server does not let jobs use the network (OPENSCI_COMPUTE_ALLOW_NETWORK)"
+        )
     requirements = envs.check_requirements(spec.env.requirements)
     code = _resolve(actor, session, store, spec.code.repo, spec.code.rev, "code", {RepoKind.code})
     data = {RepoKind.dataset, RepoKind.model}
@@ -120,7 +124,8 @@ def submit(
             )
         if not can(actor, "write", repo):
             raise Forbidden(f"you may not write to {repo.full_name}, the job's output", code="forbidden")
-        branch = gitstore.valid_ref_name("heads", spec.output.branch or repo.default_branch)
+        branch = spec.output.branch or repo.default_branch
+        branch = gitstore.valid_ref_name("heads", branch.removeprefix("refs/heads/"))
         output = {"repo": repo.full_name, "repo_id": repo.id, "kind": str(repo.kind), "branch": branch}
     normalized = spec.model_dump(mode="json")
     normalized["executor"] = executor
@@ -150,17 +155,25 @@ def submit(
         rows.append(JobRepo(job_id=job.id, repo_id=output["repo_id"], role="output"))
     session.add_all(rows)
     session.commit()
+    workspace.claim_dir(settings, job)  # a directory an earlier job with this id left behind goes now
     return job
 
 
 def readable_jobs_clause(actor: Actor) -> Any:
-    """The SQL form of "may read the job": every repository it touches is readable (and still exists)."""
+    """The SQL form of "may read the job": every repository it touches is readable. A repository deleted
+    since hides the job from everyone but administrators and the job's submitter (who saw it all)."""
     if actor.is_admin:
         return true()
+    gone = JobRepo.repo_id.is_(None)
+    if actor.user is not None:
+        gone = and_(gone, or_(Job.submitter_id.is_(None), Job.submitter_id != actor.user.id))
     hidden = (
         select(JobRepo.id)
         .outerjoin(Repository, Repository.id == JobRepo.repo_id)
-        .where(JobRepo.job_id == Job.id, or_(JobRepo.repo_id.is_(None), ~readable_repos_clause(actor)))
+        .where(
+            JobRepo.job_id == Job.id,
+            or_(gone, and_(JobRepo.repo_id.is_not(None), ~readable_repos_clause(actor))),
+        )
     )
     return ~exists(hidden)
 
@@ -168,9 +181,12 @@ def readable_jobs_clause(actor: Actor) -> Any:
 def can_read(actor: Actor, session: Session, job: Job) -> bool:
     if actor.is_admin:
         return True
+    own = actor.user is not None and job.submitter_id == actor.user.id
     for link in session.scalars(select(JobRepo).where(JobRepo.job_id == job.id)):
         repo = session.get(Repository, link.repo_id) if link.repo_id else None
-        if repo is None or not can(actor, "read", repo):
+        if repo is None and not own:
+            return False
+        if repo is not None and not can(actor, "read", repo):
             return False
     return True
 

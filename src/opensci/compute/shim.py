@@ -3,10 +3,17 @@
     python shim.py JOB_DIR
 
 Reads `JOB_DIR/job.json`, runs its `argv` in `workdir` with `env`, appends everything the command prints
-to `JOB_DIR/log`, and enforces the job's limits itself: the time limit, and the memory limit as the
-resident memory of the whole process tree (checked four times a second). It writes `running.json` when
-the command has started and `status.json` (atomically) when it has ended. SIGTERM, SIGINT or SIGHUP (a
-cancel, `scancel`) stop the whole process tree: TERM first, KILL after the grace period.
+to `JOB_DIR/log` (up to `max_log_bytes`; the rest is counted and dropped, so a chatty job cannot fill the
+disk), and enforces the job's limits itself: the time limit, and the memory limit as the resident memory
+of the whole process tree (checked four times a second). It writes `running.json` when the command has
+started and `status.json` (atomically) when it has ended. SIGTERM, SIGINT or SIGHUP (a cancel,
+`scancel`) stop the whole process tree: TERM first, KILL after the grace period.
+
+In a sandbox (bubblewrap), the command is not the shim's child but the child of bubblewrap's own init,
+whose CPU time never reaches the shim. So sandboxed jobs run this same file inside the sandbox as their
+*reaper* (`python -S -I shim.py --reap FD -- COMMAND…`): it starts the command, waits for it, and writes
+its exit status and CPU time to the pipe FD (`"@report-fd@"` in `argv` is replaced by the pipe the shim
+opens); a command that cannot be started is reported as such (exit code 127), as outside a sandbox.
 
 It depends on nothing but Python's standard library so that any node of a cluster can run it with the
 interpreter that shares the job's storage.
@@ -18,6 +25,7 @@ import contextlib
 import json
 import os
 import resource
+import select
 import signal
 import socket
 import subprocess
@@ -28,7 +36,10 @@ from pathlib import Path
 from typing import Any
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
+CLOCK = os.sysconf("SC_CLK_TCK")
 TICK = 0.25
+REPORT_FD = "@report-fd@"  # in job.json's argv: the pipe the reaper reports on
+READ = 64 * 1024
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -40,9 +51,10 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _processes() -> dict[int, tuple[int, int]]:
-    """pid → (parent pid, resident pages) of every process this /proc shows."""
-    out: dict[int, tuple[int, int]] = {}
+def _processes() -> dict[int, tuple[int, int, int]]:
+    """pid → (parent pid, resident pages, CPU clock ticks: its own and its waited-for children's) of every
+    process this /proc shows."""
+    out: dict[int, tuple[int, int, int]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -53,17 +65,19 @@ def _processes() -> dict[int, tuple[int, int]]:
             continue
         fields = stat[stat.rfind(b")") + 2 :].split()
         try:
-            out[int(entry.name)] = (int(fields[1]), int(fields[21]))
+            ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime, stime, cutime, cstime
+            out[int(entry.name)] = (int(fields[1]), int(fields[21]), ticks)
         except (IndexError, ValueError):
             continue
     return out
 
 
-def tree(root: int) -> tuple[list[int], int]:
-    """The pids of `root` and all its descendants, and their resident memory in bytes."""
+def tree(root: int) -> tuple[list[int], int, float]:
+    """The pids of `root` and all its descendants, their resident memory in bytes, and the CPU seconds
+    they and the children they have waited for used."""
     procs = _processes()
     children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in procs.items():
+    for pid, (ppid, _, _) in procs.items():
         children.setdefault(ppid, []).append(pid)
     found, todo = [], [root]
     while todo:
@@ -71,7 +85,7 @@ def tree(root: int) -> tuple[list[int], int]:
         if pid in procs:
             found.append(pid)
             todo.extend(children.get(pid, ()))
-    return found, sum(procs[p][1] for p in found) * PAGE
+    return found, sum(procs[p][1] for p in found) * PAGE, sum(procs[p][2] for p in found) / CLOCK
 
 
 def signal_tree(root: int, sig: int) -> None:
@@ -104,10 +118,14 @@ class Run:
         self.job_dir = job_dir
         self.spec: dict[str, Any] = json.loads((job_dir / "job.json").read_text())
         self.log = open(job_dir / "log", "ab", buffering=0)  # noqa: SIM115 (closed in main)
+        self.max_log = int(self.spec.get("max_log_bytes") or 0)  # 0: no limit
+        self.logged = 0  # bytes of the command's output written to the log
+        self.dropped = 0  # bytes of it past the limit
         self.reason: str | None = None
         self.message = ""
         self.stop_at: float | None = None
         self.peak = 0
+        self.cpu = 0.0  # CPU seconds of the tree as last seen (used when the reaper could not report)
         self.lock = threading.Lock()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -132,8 +150,9 @@ class Run:
         deadline = time.monotonic() + float(self.spec["time_limit"])
         limit = int(self.spec["memory_bytes"])
         while self.proc.poll() is None:
-            _, rss = tree(self.proc.pid)
+            _, rss, cpu = tree(self.proc.pid)
             self.peak = max(self.peak, rss)
+            self.cpu = max(self.cpu, cpu)
             now = time.monotonic()
             if rss > limit:
                 self.stop(
@@ -147,6 +166,21 @@ class Run:
                 signal_tree(self.proc.pid, signal.SIGKILL)
             time.sleep(TICK)
 
+    def copy_output(self, fd: int) -> None:
+        """Append what the command prints to the log, up to the limit; count and drop the rest."""
+        while data := os.read(fd, READ):
+            keep = len(data) if not self.max_log else max(0, min(len(data), self.max_log - self.logged))
+            if keep:
+                self.log.write(data[:keep])
+                self.logged += keep
+            if keep < len(data):
+                if not self.dropped:
+                    self.note(
+                        f"the log reached its limit of {human_size(self.max_log)}: the rest of the "
+                        "output is not kept (OPENSCI_COMPUTE_MAX_LOG_BYTES)"
+                    )
+                self.dropped += len(data) - keep
+
     def limits(self) -> None:
         """In the child, before exec: no core dumps; the job's own process group (done by the session)."""
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -156,44 +190,47 @@ class Run:
             signal.signal(sig, self._on_signal)
         started = time.time()
         host = socket.gethostname()
+        out_r, out_w = os.pipe()
+        report_r, report_w = os.pipe()
+        argv = [str(report_w) if word == REPORT_FD else word for word in self.spec["argv"]]
         try:
             self.proc = subprocess.Popen(
-                self.spec["argv"],
+                argv,
                 cwd=self.spec["workdir"],
                 env={**passed_through(os.environ), **self.spec["env"]},
                 stdin=subprocess.DEVNULL,
-                stdout=self.log,
+                stdout=out_w,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 preexec_fn=self.limits,
+                pass_fds=(report_w,) if REPORT_FD in self.spec["argv"] else (),
             )
         except OSError as exc:
-            self.note(f"could not start the command: {exc}")
-            write_json(
-                self.job_dir / "status.json",
-                {
-                    "exit_code": 127,
-                    "reason": "failed",
-                    "message": f"could not start the command: {exc}",
-                    "started_at": started,
-                    "ended_at": time.time(),
-                    "host": host,
-                    "cpu_seconds": 0.0,
-                    "max_rss_bytes": 0,
-                },
-            )
-            return 0
+            return self.could_not_start(f"could not start the command: {exc}", started, host)
+        finally:
+            os.close(out_w)
+            os.close(report_w)
         write_json(
             self.job_dir / "running.json",
             {"shim_pid": os.getpid(), "pid": self.proc.pid, "host": host, "started_at": started},
         )
+        copier = threading.Thread(target=self.copy_output, args=(out_r,), daemon=True)
+        copier.start()
         watcher = threading.Thread(target=self.watch, daemon=True)
         watcher.start()
         code = self.proc.wait()
         ended = time.time()
         signal_tree(self.proc.pid, signal.SIGKILL)  # anything the command left behind in its tree
         watcher.join(timeout=2)
+        copier.join(timeout=5)  # a process that escaped the tree may hold the pipe: do not wait for it
+        reaped = _report(report_r)
+        if reaped.get("error"):
+            return self.could_not_start(str(reaped["error"]), started, host)
+        if self.dropped:
+            self.note(f"{human_size(self.dropped)} of output past the log's limit were not kept")
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        own = usage.ru_utime + usage.ru_stime  # the command's, when it is the shim's own child
+        cpu = own + float(reaped["cpu_seconds"]) if "cpu_seconds" in reaped else max(own, self.cpu)
         status = {
             "exit_code": code if code >= 0 else 128 - code,
             "signal": signal.Signals(-code).name if code < 0 else None,
@@ -202,13 +239,76 @@ class Run:
             "started_at": started,
             "ended_at": ended,
             "host": host,
-            "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
-            "max_rss_bytes": max(self.peak, usage.ru_maxrss * 1024),
+            "cpu_seconds": round(cpu, 3),
+            "max_rss_bytes": max(self.peak, usage.ru_maxrss * 1024, int(reaped.get("max_rss_bytes", 0))),
+            "log_bytes_dropped": self.dropped,
         }
         write_json(self.job_dir / "status.json", status)
         self.log.close()
         return 0
 
+    def could_not_start(self, message: str, started: float, host: str) -> int:
+        self.note(message)
+        write_json(
+            self.job_dir / "status.json",
+            {
+                "exit_code": 127,
+                "reason": "failed",
+                "message": message,
+                "started_at": started,
+                "ended_at": time.time(),
+                "host": host,
+                "cpu_seconds": 0.0,
+                "max_rss_bytes": 0,
+            },
+        )
+        self.log.close()
+        return 0
+
+
+def _report(fd: int) -> dict[str, Any]:
+    """What the reaper wrote on its pipe (nothing outside a sandbox, or when it was killed)."""
+    data = b""
+    try:
+        while select.select([fd], [], [], 2.0)[0] and (part := os.read(fd, READ)):
+            data += part
+    finally:
+        os.close(fd)
+    try:
+        report = json.loads(data) if data else {}
+    except ValueError:
+        return {}
+    return report if isinstance(report, dict) else {}
+
+
+def reap(fd: int, command: list[str]) -> int:
+    """Inside the sandbox: run the command as this process's child, wait for it, and report on `fd` its exit
+    status and CPU time (with its waited-for children's), or why it could not start (exit code 127).
+    A cancel's TERM reaches the command from the shim; the reaper ignores it, to report afterwards."""
+    os.set_inheritable(fd, False)
+    stops = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    for sig in stops:
+        signal.signal(sig, signal.SIG_IGN)
+    try:
+        pid = os.posix_spawnp(command[0], command, dict(os.environ), setsigdef=stops)
+    except OSError as exc:
+        os.write(fd, json.dumps({"error": f"could not start the command: {exc}"}).encode())
+        return 127
+    _, status, usage = os.wait4(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    report = {
+        "exit_code": code,
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,
+        "max_rss_bytes": usage.ru_maxrss * 1024,
+    }
+    os.write(fd, json.dumps(report).encode())
+    if code < 0:  # end the way the command did, so the shim sees the same signal
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    return code
+
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--reap"]:
+        sys.exit(reap(int(sys.argv[2]), sys.argv[4:]))
     sys.exit(Run(Path(sys.argv[1])).main())

@@ -1,11 +1,15 @@
 """A job's directory: the code checked out, inputs in place, the environment, the sandbox, `job.json`;
 and, when it has run, its outputs committed with their provenance.
 
-    HOME/jobs/<id>/  job.json  shim.py  log  running.json  status.json  shim.err
+    HOME/jobs/<id>/  owner  job.json  shim.py  log  running.json  status.json  shim.err
                      work/            the code at the resolved commit (the command's working directory)
                      work/inputs/<name>/  each input dataset at its resolved commit, read-only
                      work/outputs/    what the job writes here becomes one commit on the output branch
                      home/            the command's HOME
+                     tmp/  shm/       the sandbox's /tmp and /dev/shm (on disk: not memory the limit misses)
+`owner` names the job the directory belongs to (id and submission time): a directory left by an earlier
+job with the same id (a database restored from a backup) is removed when the job is submitted and when
+it starts, never appended to or shown as the new job's.
 Large files of inputs come from a cache of materialized objects (`HOME/jobs/objects/<oid>`, one copy
 per content whatever the number of jobs) as hard links when the sandbox makes them read-only, else as
 copies (an unsandboxed job running as the server's user could write through a link).
@@ -29,7 +33,7 @@ from sqlalchemy.orm import Session
 from opensci.compute import envs
 from opensci.compute.executors.base import Launch, Resources
 from opensci.compute.models import Job
-from opensci.compute.shim import human_size
+from opensci.compute.shim import REPORT_FD, human_size
 from opensci.errors import OpenSciError
 from opensci.repos.gitstore import GitStore
 from opensci.repos.models import Repository
@@ -64,7 +68,7 @@ def note(log: IO[bytes], text: str) -> None:
 def _bwrap_works(bwrap: str) -> bool:
     try:
         probe = subprocess.run(
-            [bwrap, "--die-with-parent", "--unshare-all", "--ro-bind", "/", "/", "--proc", "/proc", "true"],
+            [bwrap, *_ISOLATION, "--ro-bind", "/", "/", "--proc", "/proc", "true"],
             capture_output=True,
             timeout=20,
         )
@@ -73,9 +77,10 @@ def _bwrap_works(bwrap: str) -> bool:
     return probe.returncode == 0
 
 
-def sandbox_tool(settings: Settings) -> str | None:
-    """The bubblewrap binary when local jobs are sandboxed, else None (setting `compute_sandbox`)."""
-    mode = settings.compute_sandbox
+def sandbox_tool(settings: Settings, executor: str = "local") -> str | None:
+    """The bubblewrap binary when the executor's jobs are sandboxed, else None (settings `compute_sandbox`,
+    `compute_slurm_sandbox`: Slurm jobs run it on the nodes, at the path it has here)."""
+    mode = settings.compute_slurm_sandbox if executor == "slurm" else settings.compute_sandbox
     if mode == "none":
         return None
     bwrap = shutil.which("bwrap")
@@ -86,14 +91,39 @@ def sandbox_tool(settings: Settings) -> str | None:
     return None
 
 
+# A user namespace of its own in which the job is an unprivileged user with no capabilities, even when the
+# server runs as root: it cannot remount its read-only inputs and environment, or anything else.
+_ISOLATION = (
+    "--die-with-parent",
+    "--unshare-all",
+    "--unshare-user",
+    "--uid",
+    "65534",
+    "--gid",
+    "65534",
+    "--cap-drop",
+    "ALL",
+)
+REAPER = "/opensci/shim.py"  # where the shim is inside the sandbox (read-only), to run as the reaper
+
+
 def sandboxed(
-    bwrap: str, argv: list[str], *, work: Path, inputs: Path, home: Path, env_path: Path, network: bool
+    bwrap: str,
+    argv: list[str],
+    *,
+    job: Path,
+    inputs: Path,
+    env_path: Path,
+    python: str,
+    network: bool,
 ) -> list[str]:
-    """`argv` inside bubblewrap: the system's programs and libraries read-only, the job's working
-    directory and home writable, its inputs and environment read-only, a private /tmp, /proc and /dev,
-    and no network unless asked. Nothing else of the host (its users' homes, the platform's data) is
-    there."""
-    a = [bwrap, "--die-with-parent", "--unshare-all", "--hostname", "opensci-job"]
+    """`argv` inside bubblewrap, as an unprivileged user without capabilities: the system's programs and
+    libraries read-only, the job's working directory and home writable, its inputs and environment
+    read-only, /tmp and /dev/shm on the job's disk, the rest of / read-only, and no network unless
+    asked. Nothing else of the host (its users' homes, the platform's data) is there. The command runs
+    under the shim's reaper (see `shim.reap`), which reports its exit status and CPU time."""
+    work, home = job / "work", job / "home"
+    a = [bwrap, *_ISOLATION, "--hostname", "opensci-job"]
     if network:
         a.append("--share-net")
     a += ["--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"]
@@ -102,14 +132,50 @@ def sandboxed(
             a += ["--symlink", os.readlink(top), top]
         elif os.path.isdir(top):
             a += ["--ro-bind", top, top]
-    a += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    a += ["--proc", "/proc", "--dev", "/dev", "--bind", str(job / "shm"), "/dev/shm", "--remount-ro", "/dev"]
+    a += ["--bind", str(job / "tmp"), "/tmp"]
     prefix = Path(os.path.realpath(envs.base_python_of(env_path))).parent.parent
     if not str(prefix).startswith("/usr/"):
         a += ["--ro-bind", str(prefix), str(prefix)]
     a += ["--ro-bind", str(env_path), str(env_path)]
     a += ["--bind", str(work), str(work), "--ro-bind", str(inputs), str(inputs)]
-    a += ["--bind", str(home), str(home), "--chdir", str(work), "--", *argv]
-    return a
+    a += ["--bind", str(home), str(home), "--ro-bind", str(job / "shim.py"), REAPER]
+    a += ["--remount-ro", "/", "--chdir", str(work), "--"]
+    return [*a, python, "-S", "-I", REAPER, "--reap", REPORT_FD, "--", *argv]
+
+
+# --- the job's directory ---------------------------------------------------------------------------------
+
+
+def _owner_key(job: Job) -> str:
+    return f"{job.id} {job.created_at.isoformat()}\n"
+
+
+def _belongs(jd: Path, job: Job) -> bool:
+    """Whether the job directory is this job's (not one left by an earlier job with the same id)."""
+    try:
+        return (jd / "owner").read_text() == _owner_key(job)
+    except FileNotFoundError:
+        # Made before directories had owners: this job's if it was made after the job was submitted.
+        try:
+            made = jd.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        return made >= job.created_at.timestamp() - 1
+    except OSError:
+        return False
+
+
+def claim_dir(settings: Settings, job: Job) -> Path:
+    """The job's directory, made (or taken back from an earlier job with the same id) for it."""
+    jd = job_dir(settings, job.id)
+    if jd.exists() and not _belongs(jd, job):
+        _remove(jd)
+    jd.mkdir(parents=True, exist_ok=True)
+    owner = jd / "owner"
+    if not owner.exists():
+        owner.write_text(_owner_key(job))
+    return jd
 
 
 # --- trees -------------------------------------------------------------------------------------------------
@@ -212,18 +278,18 @@ def prepare(
     log: IO[bytes],
 ) -> tuple[Launch, envs.JobEnv]:
     """Set up the job's directory and return how to launch it. Raises PrepareError or envs.EnvError."""
-    jd = job_dir(settings, job.id)
+    jd = claim_dir(settings, job)
     work, home = jd / "work", jd / "home"
-    for old in (work, home, jd / "running.json", jd / "status.json"):
-        if old.is_dir():
+    for old in (work, home, jd / "tmp", jd / "shm", jd / "running.json", jd / "status.json"):
+        if old.is_dir() and not old.is_symlink():
             _make_writable(old)
             shutil.rmtree(old)
-        elif old.exists():
+        elif old.exists() or old.is_symlink():
             old.unlink()
     work.mkdir(parents=True)
     home.mkdir()
     spec, resolved = job.spec, job.resolved
-    bwrap = sandbox_tool(settings) if job.executor == "local" else None
+    bwrap = sandbox_tool(settings, job.executor)
     try:
         code = resolved["code"]
         repo, g, commit = _open(session, store, code)
@@ -264,11 +330,19 @@ def prepare(
     }
     if bwrap:
         network = bool(spec.get("env", {}).get("network", False))
+        (jd / "tmp").mkdir()
+        (jd / "shm").mkdir()
         argv = sandboxed(
-            bwrap, argv, work=work, inputs=work / "inputs", home=home, env_path=env.path, network=network
+            bwrap,
+            argv,
+            job=jd,
+            inputs=work / "inputs",
+            env_path=env.path,
+            python=envs.base_python(settings),
+            network=network,
         )
         note(log, f"sandbox: bubblewrap, network {'on' if network else 'off'}, inputs read-only")
-    elif job.executor == "local":
+    else:
         note(log, "sandbox: none (bubblewrap is not available or is turned off)")
     (jd / "job.json").write_text(
         json.dumps(
@@ -281,6 +355,7 @@ def prepare(
                 "memory_bytes": job.memory_bytes,
                 "cpus": job.cpus,
                 "kill_grace": 3,
+                "max_log_bytes": settings.compute_max_log_bytes,
             }
         )
     )
@@ -321,6 +396,6 @@ def _remove(path: Path) -> None:
 def clean(settings: Settings, job_id: int) -> None:
     """Remove a finished job's working directory and home (the log and status stay)."""
     jd = job_dir(settings, job_id)
-    for d in (jd / "work", jd / "home"):
-        if d.exists():
+    for d in (jd / "work", jd / "home", jd / "tmp", jd / "shm"):
+        if d.exists() or d.is_symlink():
             _remove(d)
