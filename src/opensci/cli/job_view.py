@@ -79,28 +79,85 @@ def status_text(job: Job) -> Text:
     return Text(job.status, style=STATUS_STYLES.get(job.status, ""))
 
 
-def table(jobs: list[Job]) -> None:
+# `job list` columns. Those of fixed content (id, status, start, duration) are always shown whole; the
+# others shrink, with an ellipsis, when the terminal is narrow: each keeps at least its floor, and the
+# room left is shared by weight (the command gets the most). If even the floors do not fit, STARTED and
+# then DURATION are left out.
+_GAP = 2  # spaces between two columns
+_SHRINKABLE = {"SUBMITTER": (9, 1), "CODE": (10, 1), "COMMAND": (10, 2)}  # name: (floor, weight)
+_DROPPABLE = ("STARTED", "DURATION")
+
+
+def share_width(natural: list[int], floors: list[int], weights: list[int], room: int) -> list[int]:
+    """Widths of shrinkable columns that want `natural` widths, in `room` cells: all of it if it fits,
+    else each gets at least min(natural, floor) and the rest is shared out by weight; a column that
+    needs less than its share keeps its natural width and leaves the difference to the others."""
+    widths = [min(n, f) for n, f in zip(natural, floors, strict=True)]
+    extra = room - sum(widths)
+    if extra <= 0:
+        return widths
+    wants = [n - w for n, w in zip(natural, widths, strict=True)]
+    order = sorted(range(len(widths)), key=lambda i: wants[i] / weights[i])
+    weight_left = sum(weights)
+    for i in order:
+        given = min(wants[i], extra * weights[i] // weight_left)
+        widths[i] += given
+        extra -= given
+        weight_left -= weights[i]
+    return widths
+
+
+def table(jobs: list[Job], width: int | None = None) -> None:
+    """The `job list` table, fitted to `width` (default: the console's) without ever cutting an id or
+    a status."""
+    from rich.cells import cell_len
     from rich.table import Table
 
-    t = Table(box=None, pad_edge=False)
-    t.add_column("ID", justify="right", no_wrap=True)
-    for column, width in (("STATUS", 9), ("SUBMITTER", 9), ("CODE", 12)):
-        t.add_column(column, no_wrap=True, min_width=width)
-    t.add_column("COMMAND", no_wrap=True, overflow="ellipsis", ratio=1)
-    t.add_column("STARTED", no_wrap=True, min_width=16)
-    t.add_column("DURATION", no_wrap=True, justify="right")
+    console = output.stdout()
+    width = width or console.width
+    rows: list[dict[str, Text]] = []
     for job in jobs:
         short = f"@{job.code.commit[:10]}" if job.code.commit else ""
-        t.add_row(
-            str(job.id),
-            status_text(job),
-            Text(job.submitter or "-"),
-            Text(f"{job.code.repo}{short}"),
-            Text(command_line(job)),
-            output.short_date(job.started_at),
-            human_seconds(elapsed(job)),
+        rows.append(
+            {
+                "ID": Text(str(job.id)),
+                "STATUS": status_text(job),
+                "SUBMITTER": Text(job.submitter or "-"),
+                "CODE": Text(f"{job.code.repo}{short}"),
+                "COMMAND": Text(command_line(job)),
+                "STARTED": Text(output.short_date(job.started_at)),
+                "DURATION": Text(human_seconds(elapsed(job))),
+            }
         )
-    output.stdout().print(t)
+    names = ["ID", "STATUS", "SUBMITTER", "CODE", "COMMAND", "STARTED", "DURATION"]
+    natural = {n: max([cell_len(n)] + [cell_len(r[n].plain) for r in rows]) for n in names}
+    shrinkable = list(_SHRINKABLE)
+    floors = [_SHRINKABLE[n][0] for n in shrinkable]
+    weights = [_SHRINKABLE[n][1] for n in shrinkable]
+    for dropped in range(len(_DROPPABLE) + 1):
+        shown = [n for n in names if n not in _DROPPABLE[:dropped]]
+        fixed = sum(natural[n] for n in shown if n not in _SHRINKABLE)
+        room = width - fixed - _GAP * (len(shown) - 1)
+        if room >= sum(min(natural[n], f) for n, f in zip(shrinkable, floors, strict=True)):
+            break
+    widths = dict(natural)
+    shared = share_width([natural[n] for n in shrinkable], floors, weights, room)
+    widths.update(zip(shrinkable, shared, strict=True))
+
+    t = Table(box=None, pad_edge=False, padding=(0, _GAP // 2), expand=False)
+    for name in shown:
+        t.add_column(
+            name,
+            justify="right" if name in ("ID", "DURATION") else "left",
+            no_wrap=True,
+            overflow="ellipsis",
+            width=widths[name],
+        )
+    for row in rows:
+        t.add_row(*(row[name] for name in shown))
+    # Never narrower than the columns' floors: on a very narrow terminal lines wrap, ids stay whole.
+    console.width = max(width, sum(widths[n] for n in shown) + _GAP * (len(shown) - 1))
+    console.print(t)
 
 
 def provenance(job: Job) -> None:
