@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -26,6 +27,7 @@ from opensci.client import (
     WaitTimeout,
 )
 from opensci.client.sse import Event, SSEParser
+from opensci.client.types import JobLog
 from tests.api_helpers import API, committed
 from tests.compute.conftest import (  # noqa: F401 (fixtures)
     code_repo,
@@ -360,3 +362,102 @@ def test_sse_parser_follows_the_standard_whatever_the_pieces() -> None:
     assert _parse_all(list(stream)) == expected  # one character at a time
     for cut in range(1, len(stream)):
         assert _parse_all([stream[:cut], stream[cut:]]) == expected, cut
+
+
+def test_sse_parser_takes_a_big_event_in_small_pieces_in_linear_time() -> None:
+    data = '{"offset": 1, "text": "' + "é€ \\n " * 400_000 + '"}'  # 2.4 M characters on one line
+    stream = f"event: log\ndata: {data}\n\n" * 2
+    pieces = [stream[i : i + 4096] for i in range(0, len(stream), 4096)]
+    started = time.monotonic()
+    events = _parse_all(pieces)
+    took = time.monotonic() - started
+    assert events == [Event("log", data), Event("log", data)]
+    assert took < 2, took  # rescanning what is buffered at every piece took minutes
+
+
+class PagedLogClient:
+    """Just what LogStream uses of a Client: a log read a few bytes at a time, a job that ends once
+    `ends_after` reads have been made, and the live stream (which fails: it must not be needed)."""
+
+    timeout = 30.0
+    url = "http://fake"
+
+    def __init__(self, log: bytes, page: int, ends_after: int = 0) -> None:
+        self.log, self.page, self.ends_after = log, page, ends_after
+        self.reads: list[int] = []
+        self.streams: list[int] = []
+
+    def job_logs(self, job_id: int, offset: int = 0) -> JobLog:
+        self.reads.append(offset)
+        status = "succeeded" if len(self.reads) > self.ends_after else "running"
+        written = self.log if status == "succeeded" else self.log[: len(self.log) // 2]
+        data = written[offset : offset + self.page]
+        return JobLog(data, offset, offset + len(data), status)
+
+    def get_job(self, job_id: int) -> Any:
+        return SimpleNamespace(id=job_id, status="succeeded", exit_code=0, message="done")
+
+    @contextlib.contextmanager
+    def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[Any]:
+        self.streams.append(kwargs["params"]["offset"])
+        raise AssertionError("a finished job's log is read without following it live")
+        yield
+
+
+def test_a_finished_log_is_read_plainly_with_characters_cut_across_pages() -> None:
+    from opensci.client.jobs import LogStream, incomplete_utf8_tail
+
+    log = ("[opensci] note\n" + "".join(f"{i} é€😀\n" for i in range(300))).encode()
+    for page in (1, 2, 3, 5, 64, 4096):
+        fake = PagedLogClient(log, page)
+        stream = LogStream(fake, 7)  # type: ignore[arg-type]
+        assert "".join(stream) == log.decode(), page
+        assert stream.end is not None and (stream.end.status, stream.end.message) == ("succeeded", "done")
+        assert stream.offset == len(log) and fake.streams == []
+        assert b"".join(LogStream(PagedLogClient(log, page), 7).iter_bytes()) == log  # type: ignore[arg-type]
+    # While the job runs, a read never stops inside a character: live following starts on a boundary.
+    running = PagedLogClient(log, 5, ends_after=10**9)
+    stream = LogStream(running, 7)  # type: ignore[arg-type]
+    with pytest.raises(AssertionError):
+        "".join(stream)
+    assert running.streams == [stream.offset] and stream.offset > 0
+    assert incomplete_utf8_tail(log[: stream.offset]) == 0
+    assert [
+        incomplete_utf8_tail(b) for b in (b"", b"a", b"\xc3", b"\xc3\xa9", b"\xe2\x82", b"\xf0\x9f\x98")
+    ] == [
+        0,
+        0,
+        1,
+        0,
+        2,
+        3,
+    ]
+
+
+def test_following_a_finished_job_reads_its_log_plainly(
+    sdk: Client,
+    http: httpx.Client,  # noqa: F811
+    alice: Account,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loud = "for i in range(200_000):\n    print(f'{i:06d} é€😀 ' + 'x' * (i % 90))\n"
+    code_repo(http, alice, "loud", {"loud.py": loud})
+    job = sdk.submit_job(code="alice/loud", command="python loud.py")
+    assert sdk.wait_job(job.id, timeout=120, poll=0.2).succeeded
+    whole = b""
+    while piece := sdk.job_logs(job.id, len(whole)).data:
+        whole += piece
+    assert len(whole) > 10 * 1024**2
+
+    def no_events(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("followed live although the job had ended")
+
+    monkeypatch.setattr(sdk, "stream", no_events)
+    started = time.monotonic()
+    stream = sdk.follow_job_logs(job.id)
+    text = "".join(stream)
+    assert time.monotonic() - started < 5
+    assert text == whole.decode() and stream.offset == len(whole)
+    assert stream.end is not None and stream.end.status == "succeeded" and stream.end.exit_code == 0
+    again = sdk.follow_job_logs(job.id, offset=len(whole) - 1000)
+    assert b"".join(again.iter_bytes()) == whole[-1000:] and again.end is not None

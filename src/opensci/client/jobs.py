@@ -9,6 +9,7 @@ accepts `"owner/name@rev"` for a repository, `"1h"` for a time limit, and `cpus`
 
 from __future__ import annotations
 
+import codecs
 import copy
 import re
 import time
@@ -19,7 +20,7 @@ import httpx
 
 from opensci.client import sse
 from opensci.client.errors import ConnectionFailed, OpenSciError, ValidationError, WaitTimeout
-from opensci.client.types import Job, JobEnd
+from opensci.client.types import JOB_FINAL_STATUSES, Job, JobEnd
 
 if TYPE_CHECKING:
     from opensci.client.client import Client
@@ -136,12 +137,29 @@ def job_path(job_id: int | str, *rest: str) -> str:
     return "/".join([f"/api/v1/jobs/{job_number(job_id)}", *rest])
 
 
+def incomplete_utf8_tail(data: bytes) -> int:
+    """How many bytes at the end of `data` begin a UTF-8 character that is not complete yet (0 to 3)."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte < 0x80:  # ASCII: whatever came before is complete
+            return 0
+        if byte >= 0xC0:  # the lead byte of a sequence of 2, 3 or 4 bytes
+            length = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return back if back < length else 0
+    return 0  # only continuation bytes: invalid anyway, nothing to wait for
+
+
 class LogStream:
     """Iterate to get a job's log as text, live, until the job ends; `end` then holds its final status.
 
-    Reads `GET /api/v1/jobs/{id}/logs?follow=true` (server-sent events). When the connection breaks
-    before the end, it reconnects and goes on from the last byte received, so no line is lost or
-    repeated. `offset` is the byte offset reached in the log."""
+    What the log already holds is read first as plain text (`GET /api/v1/jobs/{id}/logs`, a megabyte a
+    request), which is fast however long the log; if the job has not ended by then, the stream goes on
+    with server-sent events (`?follow=true`) from the byte reached. When the connection breaks before
+    the end, it reconnects and goes on from the last byte received, so no line is lost or repeated.
+    `offset` is the byte offset reached in the log.
+
+    `iter_bytes()` gives the same log as bytes instead: those already written exactly as stored, then
+    the UTF-8 of the text the events carry (a stream is read one way or the other, not both)."""
 
     RETRIES = 4
 
@@ -150,7 +168,10 @@ class LogStream:
         self.job_id = job_id
         self.offset = offset
         self.end: JobEnd | None = None
-        self._iterator = self._chunks()
+        self._failures = 0
+        self._pieces = self._read()
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._iterator = self._text()
 
     def __iter__(self) -> Iterator[str]:
         return self
@@ -158,44 +179,90 @@ class LogStream:
     def __next__(self) -> str:
         return next(self._iterator)
 
+    def iter_bytes(self) -> Iterator[bytes]:
+        """The log as bytes, piece by piece, until the job ends."""
+        for piece in self._pieces:
+            yield piece if isinstance(piece, bytes) else piece.encode()
+
     def close(self) -> None:
         """Stop following (the job goes on)."""
         self._iterator.close()
+        self._pieces.close()
 
-    def _chunks(self) -> Iterator[str]:
-        failures = 0
-        # Keep-alive comments come every 15 s of silence: a read waits longer than that before it
-        # counts as a broken connection.
-        timeout = httpx.Timeout(self.client.timeout, read=max(self.client.timeout, 60.0))
+    def _text(self) -> Iterator[str]:
+        for piece in self._pieces:
+            text = self._decoder.decode(piece) if isinstance(piece, bytes) else piece
+            if text:
+                yield text
+        rest = self._decoder.decode(b"", final=True)
+        if rest:
+            yield rest
+
+    def _read(self) -> Iterator[bytes | str]:
+        """Bytes read plainly while catching up, then text from events. After a broken connection it
+        catches up again from `offset` (quick after a long break), then follows."""
+        self._failures = 0
+        catching_up = True
         while self.end is None:
-            params = {"follow": "true", "offset": self.offset}
-            headers = {"Accept": "text/event-stream"}
-            path = job_path(self.job_id, "logs")
             try:
-                with self.client.stream("GET", path, headers=headers, params=params, timeout=timeout) as r:
-                    parser = sse.SSEParser()
-                    for piece in r.iter_text():
-                        failures = 0
-                        for event in parser.feed(piece):
-                            text = self._handle(event)
-                            if text:
-                                yield text
-                            if self.end is not None:
-                                return
+                if catching_up:
+                    catching_up = yield from self._catch_up()
+                    continue
+                yield from self._follow()
             except ConnectionFailed:
-                failures += 1
-                if failures > self.RETRIES:
+                self._failures += 1
+                if self._failures > self.RETRIES:
                     raise
-                time.sleep(min(0.5 * 2**failures, 5.0))
+                time.sleep(min(0.5 * 2**self._failures, 5.0))
+                catching_up = True
                 continue
             if self.end is None:  # the server closed the stream early (restarted): go on from here
-                failures += 1
-                if failures > self.RETRIES:
+                self._failures += 1
+                if self._failures > self.RETRIES:
                     raise ConnectionFailed(
                         f"the log stream of job {self.job_id} ended before the job did",
                         url=self.client.url,
                     )
-                time.sleep(min(0.5 * 2**failures, 5.0))
+                time.sleep(min(0.5 * 2**self._failures, 5.0))
+                catching_up = True
+
+    def _catch_up(self) -> Iterator[bytes]:
+        """Read what the log holds now, plainly. Sets `end` if the job has ended; returns whether to
+        read on this way (False: the job runs, so follow it live from `offset`)."""
+        while True:
+            piece = self.client.job_logs(self.job_id, self.offset)
+            # The status is read before the bytes: if the job had ended, its whole log is in them.
+            final = piece.status in JOB_FINAL_STATUSES
+            data = piece.data
+            if not final:
+                # A character cut at the end is left for the next read, which gets it whole.
+                data = data[: len(data) - incomplete_utf8_tail(data)]
+            if not data:
+                if final:
+                    job = self.client.get_job(self.job_id)
+                    self.end = JobEnd(job.status, job.exit_code, job.message)
+                return False
+            self._failures = 0
+            self.offset += len(data)
+            yield data
+
+    def _follow(self) -> Iterator[str]:
+        # Keep-alive comments come every 15 s of silence: a read waits longer than that before it
+        # counts as a broken connection.
+        timeout = httpx.Timeout(self.client.timeout, read=max(self.client.timeout, 60.0))
+        params = {"follow": "true", "offset": self.offset}
+        headers = {"Accept": "text/event-stream"}
+        path = job_path(self.job_id, "logs")
+        with self.client.stream("GET", path, headers=headers, params=params, timeout=timeout) as r:
+            parser = sse.SSEParser()
+            for piece in r.iter_text():
+                self._failures = 0
+                for event in parser.feed(piece):
+                    text = self._handle(event)
+                    if text:
+                        yield text
+                    if self.end is not None:
+                        return
 
     def _handle(self, event: sse.Event) -> str:
         import json

@@ -4,8 +4,11 @@ dispatches the event. Only the standard library is needed."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 @dataclass(frozen=True)
@@ -18,10 +21,14 @@ class Event:
 
 
 class SSEParser:
-    """Feed text as it arrives (in pieces of any size); `feed` returns the events completed so far."""
+    """Feed text as it arrives (in pieces of any size); `feed` returns the events completed so far.
+
+    Linear in the size of the stream: line breaks are found by the regular expression engine, and an
+    unfinished line is kept as a list of pieces joined once, when its end arrives (a 1 MiB `data:` line
+    sent in small pieces is neither scanned nor copied again and again)."""
 
     def __init__(self) -> None:
-        self._buffer = ""
+        self._partial: list[str] = []  # the pieces of the line not ended yet
         self._pending_cr = False  # the last piece ended in CR: a following LF belongs to the same break
         self._event = ""
         self._data: list[str] = []
@@ -32,25 +39,23 @@ class SSEParser:
         if self._pending_cr and text.startswith("\n"):
             text = text[1:]
         self._pending_cr = False
+        if not text:
+            return []
         events: list[Event] = []
-        buffer = self._buffer + text
         start = 0
-        i = 0
-        n = len(buffer)
-        while i < n:
-            c = buffer[i]
-            if c == "\n" or c == "\r":
-                event = self._line(buffer[start:i])
-                if event is not None:
-                    events.append(event)
-                if c == "\r":
-                    if i + 1 < n and buffer[i + 1] == "\n":
-                        i += 1
-                    elif i + 1 == n:
-                        self._pending_cr = True
-                start = i + 1
-            i += 1
-        self._buffer = buffer[start:]
+        for brk in _LINE_BREAK.finditer(text):
+            line = text[start : brk.start()]
+            if self._partial:
+                self._partial.append(line)
+                line = "".join(self._partial)
+                self._partial = []
+            event = self._line(line)
+            if event is not None:
+                events.append(event)
+            start = brk.end()
+        if start < len(text):
+            self._partial.append(text[start:])
+        self._pending_cr = text.endswith("\r")
         return events
 
     def _line(self, line: str) -> Event | None:
