@@ -1,10 +1,17 @@
 """How `opensci job list|logs` writes to the terminal and to pipes: the list fitted to the width without
-cutting ids."""
+cutting ids, long logs followed quickly and exactly, a job's escape sequences kept away from a terminal,
+and a status line that does not contradict the log."""
 
 from __future__ import annotations
 
 import json
+import os
+import pty
 import re
+import select
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -16,20 +23,86 @@ from typer.testing import CliRunner
 from opensci.cli import job_view
 from opensci.cli.main import app as cli
 from tests.api_helpers import API
-from tests.compute.conftest import code_repo
+from tests.compute.conftest import (  # noqa: F401 (fixtures)
+    code_repo,
+    compute_app,
+    finished,
+    http,
+    server,
+)
 from tests.conftest import Account, LiveServer
 
 LONG = "python analyze.py " + " ".join(f"--option-{i}=value-{i}" for i in range(30))
+
+# A job whose output holds what a hostile (or careless) program could send a terminal: colours, a
+# window title, a clipboard write (OSC 52), a screen clear, a bell, a C1 control, and bytes that are
+# not UTF-8.
+ESCAPES = b"""\
+import sys
+out = sys.stdout.buffer
+out.write(b"plain line\\n")
+out.write(b"\\x1b[31mred\\x1b[0m\\n")
+out.write(b"\\x1b]0;pwned-title\\x07\\n")
+out.write(b"\\x1b]52;c;cm0gLXJmIH4=\\x07\\n")
+out.write(b"\\x1b[2J\\x1b[H cleared\\n")
+out.write("c1 \\u009b6n end\\n".encode())
+out.write(b"tab\\there, bad utf-8 \\xff\\xfe ok\\n")
+out.write(b"10%\\r100%\\n")
+out.flush()
+"""
 
 
 def cli_env(url: str, token: str, columns: int = 200) -> dict[str, str]:
     return {"OPENSCI_URL": url, "OPENSCI_TOKEN": token, "COLUMNS": str(columns)}
 
 
-def submit(http: httpx.Client, who: Account, spec: dict[str, Any]) -> int:
+def submit(http: httpx.Client, who: Account, spec: dict[str, Any]) -> int:  # noqa: F811
     r = http.post(f"{API}/jobs", json=spec, headers=who.headers)
     assert r.status_code == 201, r.text
     return int(r.json()["id"])
+
+
+def raw_log(http: httpx.Client, who: Account, job_id: int) -> bytes:  # noqa: F811
+    data, offset = b"", 0
+    while True:
+        r = http.get(f"{API}/jobs/{job_id}/logs", params={"offset": offset}, headers=who.headers)
+        assert r.status_code == 200, r.text
+        if not r.content:
+            return data
+        data += r.content
+        offset = int(r.headers["x-log-next-offset"])
+
+
+def in_a_terminal(argv: list[str], env: dict[str, str], timeout: float = 90) -> tuple[int, bytes]:
+    """Run the CLI with a pseudo-terminal as stdin, stdout and stderr; its exit code and all it wrote."""
+    leader, follower = pty.openpty()
+    full_env = {**os.environ, **env, "TERM": "xterm"}
+    full_env.pop("NO_COLOR", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "opensci.cli.main", *argv],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env=full_env,
+        close_fds=True,
+    )
+    os.close(follower)
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([leader], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+        elif proc.poll() is not None:
+            break
+    os.close(leader)
+    return proc.wait(timeout=30), seen
 
 
 # --- job list ---------------------------------------------------------------------------------------------
@@ -93,3 +166,118 @@ def test_the_list_shrinks_long_columns_and_drops_the_start_time_last(
     assert job_view.share_width([5, 40, 100], [9, 10, 10], [1, 1, 2], 60) == [5, 21, 34]
     assert job_view.share_width([5, 12, 30], [9, 10, 10], [1, 1, 2], 60) == [5, 12, 30]
     assert job_view.share_width([20, 40, 100], [9, 10, 10], [1, 1, 2], 20) == [9, 10, 10]
+
+
+# --- job logs -------------------------------------------------------------------------------------------
+
+
+def test_following_a_long_finished_log_reads_it_plainly_once(
+    server: LiveServer,  # noqa: F811
+    http: httpx.Client,  # noqa: F811
+    alice: Account,
+) -> None:
+    # About 24 MiB in lines of every length, with multi-byte characters across the server's 1 MiB pages.
+    big = (
+        "import sys\n"
+        "out = sys.stdout.buffer\n"
+        "for i in range(300_000):\n"
+        "    out.write(f'{i:06d} é€😀 '.encode() + b'x' * (i % 120) + b'\\n')\n"
+    )
+    code_repo(http, alice, "loud", {"big.py": big})
+    job_id = submit(http, alice, {"code": {"repo": "alice/loud"}, "command": "python big.py"})
+    assert finished(http, alice, job_id)["status"] == "succeeded"
+    log = raw_log(http, alice, job_id)
+    assert len(log) > 20 * 1024**2
+
+    runner = CliRunner()
+    env = cli_env(server.url, alice.token)
+    started = time.monotonic()
+    followed = runner.invoke(cli, ["job", "logs", str(job_id), "-f"], env=env)
+    took = time.monotonic() - started
+    assert followed.exit_code == 0, followed.stderr
+    assert followed.stdout_bytes == log  # every byte, once, in order
+    assert f"job {job_id} succeeded" in followed.stderr
+    # Reading 24 MiB as 1 MiB pages takes well under a second; it took over 10 s as events.
+    assert took < 8, took
+    plain = runner.invoke(cli, ["job", "logs", str(job_id)], env=env)
+    assert plain.exit_code == 0 and plain.stdout_bytes == log
+
+
+def test_logs_go_to_a_pipe_byte_for_byte_and_to_a_terminal_made_safe(
+    server: LiveServer,  # noqa: F811
+    http: httpx.Client,  # noqa: F811
+    alice: Account,
+) -> None:
+    code_repo(http, alice, "noisy", {"esc.py": ESCAPES})
+    job_id = submit(http, alice, {"code": {"repo": "alice/noisy"}, "command": "python esc.py"})
+    assert finished(http, alice, job_id)["status"] == "succeeded"
+    log = raw_log(http, alice, job_id)
+    assert b"\x1b]0;pwned-title\x07" in log and b"\xff\xfe" in log
+
+    # Not a terminal (a pipe, a file): the log as it is, escape sequences and invalid bytes included.
+    runner = CliRunner()
+    env = cli_env(server.url, alice.token)
+    plain = runner.invoke(cli, ["job", "logs", str(job_id)], env=env)
+    assert plain.exit_code == 0 and plain.stdout_bytes == log
+    followed = runner.invoke(cli, ["job", "logs", str(job_id), "-f"], env=env)
+    assert followed.exit_code == 0 and followed.stdout_bytes == log
+
+    # A terminal: every control character but line feeds, tabs and carriage returns is shown, not sent.
+    for argv in (["job", "logs", str(job_id)], ["job", "logs", str(job_id), "-f"]):
+        code, seen = in_a_terminal(argv, env)
+        assert code == 0, seen
+        text = seen.decode("utf-8", "replace")
+        for sent in (b"\x1b[31mred", b"\x1b]0;pwned", b"\x1b]52;", b"\x1b[2J", b"\x07", "\u009b".encode()):
+            assert sent not in seen, (argv, sent, text)
+        for shown in ("^[[31mred^[[0m", "^[]0;pwned-title^G", "^[]52;c;cm0gLXJmIH4=^G", "^[[2J^[[H cleared"):
+            assert shown in text, (argv, shown, text)
+        assert "c1 \\x9b6n end" in text
+        assert re.search(  # tabs are expanded above a status line (-f)
+            "tab\\s+here, bad utf-8 \ufffd\ufffd ok", text
+        ), text
+        assert "plain line" in text and "100%" in text
+
+
+def test_terminal_safe_text() -> None:
+    assert (
+        job_view.terminal_safe("a\x1b[1mb\x00\x08\x7f\x9b\u200bz\t\n\r") == "a^[[1mb^@^H^?\\x9b\u200bz\t\n\r"
+    )
+    assert job_view.terminal_safe("é€😀") == "é€😀"
+    assert job_view.last_rewrite("10%\r50%\r100%") == "100%" and job_view.last_rewrite("done\r") == "done"
+
+
+# --- the status line --------------------------------------------------------------------------------------
+
+
+def _running(phase: str) -> Any:
+    return SimpleNamespace(
+        id=5,
+        status="running",
+        phase=phase,
+        finished=False,
+        cancel_requested=False,
+        started_at=datetime.now(UTC),
+        ended_at=None,
+        created_at=datetime.now(UTC),
+    )
+
+
+def test_the_status_line_drops_preparing_once_the_command_prints(
+    capsysbinary: pytest.CaptureFixture[bytes],
+) -> None:
+    live = job_view.LiveStatus(_running("preparing"), enabled=False)
+    with live:
+        live.write(b"[opensci] job 5 started on host (attempt 1, local)\n[opensci] code alice/x at 0123")
+        assert "job 5 running (preparing)" in live.line()
+        live.write(b"abcdef: 3 files\n[opensci] building environment k: six\nCollecting six\n")
+        assert "(preparing)" in live.line()  # pip's output while the environment is built
+        live.write(b"  Downloading six.whl\n[opensci] sandbox: bubblewrap, network off\n")
+        assert "(preparing)" in live.line()
+        live.write(b"step 1\n")
+        assert live.line().startswith("job 5 running, running for")  # the command has printed
+        live.update(_running("executing"))
+        assert "job 5 running (executing)" in live.line()
+    out = capsysbinary.readouterr().out
+    assert out.endswith(
+        b"Collecting six\n  Downloading six.whl\n[opensci] sandbox: bubblewrap, network off\nstep 1\n"
+    )

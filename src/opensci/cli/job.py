@@ -1,7 +1,8 @@
 """`opensci job submit|list|status|logs|cancel|rerun`: jobs, through the SDK.
 
 Following a job (`--follow`, `logs -f`) prints its log to stdout as it is written and ends when the job
-does: exit code 0 if it succeeded, 1 otherwise. On a terminal a status line shows where it stands.
+does: exit code 0 if it succeeded, 1 otherwise. On a terminal a status line shows where it stands, and
+control characters of the log are shown rather than obeyed.
 """
 
 from __future__ import annotations
@@ -69,9 +70,9 @@ def follow(client: Client, job: Job, json_output: bool) -> None:
     try:
         with job_view.LiveStatus(job, enabled=not json_output, logs_to_stderr=json_output) as live:
             live.watch(client)
-            stream = client.follow_job_logs(job.id)
-            for text in stream:
-                live.write(text)
+            # What the log holds is read plainly first (fast however long), then followed live.
+            for data in client.follow_job_logs(job.id).iter_bytes():
+                live.write(data)
     except KeyboardInterrupt:
         note(f"Stopped following job {job.id}; it goes on (`opensci job cancel {job.id}` stops it).")
         raise typer.Exit(130) from None
@@ -269,22 +270,23 @@ def status_(job_id: JobIdArg, json_output: JsonOpt = False) -> None:
 def logs(job_id: JobIdArg, follow_it: FollowOpt = False) -> None:
     """Print a job's log: what its command printed, and the platform's own lines.
 
-    With -f, go on as the log is written until the job ends; exit code 0 if it succeeded, else 1."""
-    import codecs
+    With -f, go on as the log is written until the job ends; exit code 0 if it succeeded, else 1.
 
+    To a file or a pipe the log is written byte for byte; on a terminal, control characters in it
+    (escape sequences) are shown as `^[`… rather than obeyed."""
     with connect() as client:
         if follow_it:
             follow(client, client.get_job(job_id), json_output=False)
             return
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        out = job_view.LogOutput()
         offset = 0
         while True:
             piece = client.job_logs(job_id, offset)
             if not piece.data:
                 break
-            typer.echo(decoder.decode(piece.data), nl=False)
+            out.write(piece.data)
             offset = piece.next_offset
-        typer.echo(decoder.decode(b"", final=True), nl=False)
+        out.close()
 
 
 @job_app.command("cancel")

@@ -1,9 +1,11 @@
-"""How jobs look in the terminal: the list table, the provenance of `job status`, the end-of-job line, and
-the live status line (spinner, status, phase, elapsed time) shown while following or waiting, on a
-terminal only. Log text always goes out plainly, to stdout."""
+"""How jobs look in the terminal: the list table, the provenance of `job status`, the end-of-job line, the
+live status line (spinner, status, phase, elapsed time) shown while following or waiting, on a terminal
+only, and the log itself: written byte for byte to a file or a pipe, but with its control characters
+made visible on a terminal, so that a job cannot send escape sequences to the user's terminal."""
 
 from __future__ import annotations
 
+import codecs
 import shlex
 import sys
 import threading
@@ -239,11 +241,106 @@ def summary(job: Job) -> str:
     return text
 
 
+# Control characters a job's output could use to drive the terminal (escape sequences move the
+# cursor, clear the screen, retitle the window, write to the clipboard, make the terminal answer as if
+# typed): shown in caret notation (ESC as `^[`, DEL as `^?`) and C1 controls as `\x9b`. Line feeds,
+# tabs and carriage returns (progress bars redraw their line with them) pass.
+_VISIBLE_CONTROLS = {
+    **{c: f"^{chr(c + 64)}" for c in range(0x20) if chr(c) not in "\t\n\r"},
+    0x7F: "^?",
+    **{c: f"\\x{c:02x}" for c in range(0x80, 0xA0)},
+}
+
+
+def terminal_safe(text: str) -> str:
+    """Log text as it may be shown on a terminal: control characters but \\n, \\t and \\r made visible."""
+    return text.translate(_VISIBLE_CONTROLS)
+
+
+def last_rewrite(line: str) -> str:
+    """A line redrawn with carriage returns (a progress bar) as its last non-empty version, which is
+    about what a terminal ends up showing."""
+    if "\r" not in line:
+        return line
+    versions = [part for part in line.split("\r") if part]
+    return versions[-1] if versions else ""
+
+
+class LogOutput:
+    """Writes a job's log to stdout (or stderr): the bytes as they are to a file or a pipe; decoded,
+    with control characters made visible (`terminal_safe`), to a terminal."""
+
+    def __init__(self, err: bool = False) -> None:
+        self.err = err
+        self.terminal = (sys.stderr if err else sys.stdout).isatty()
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def write(self, data: bytes) -> None:
+        if not self.terminal:
+            typer.echo(data, nl=False, err=self.err)  # bytes: written as they are, nothing stripped
+            return
+        text = terminal_safe(self._decoder.decode(data))
+        if text:
+            typer.echo(text, nl=False, err=self.err)
+
+    def close(self) -> None:
+        """Write what is left of a character cut at the very end (as U+FFFD)."""
+        if self.terminal:
+            rest = self._decoder.decode(b"", final=True)
+            if rest:
+                typer.echo(rest, nl=False, err=self.err)
+
+
+class CommandStart:
+    """Tells from the log, as it streams, whether the job's command has started printing: a line that
+    is not one of the platform's `[opensci] ` notes, nor pip's output while an environment is built
+    (what follows the note `[opensci] building environment` up to the next note). The job's phase is
+    read separately and may lag behind; once the command has printed, `preparing` is no longer true."""
+
+    NOTE = b"[opensci] "
+    BUILDING = b"[opensci] building environment"
+    HEAD = 64  # bytes of a line enough to judge it
+
+    def __init__(self) -> None:
+        self.seen = False
+        self._head = b""
+        self._judged = False  # the current line is judged already (its head was long enough)
+        self._building = False
+
+    def feed(self, data: bytes) -> None:
+        pos = 0
+        while not self.seen and pos < len(data):
+            end = data.find(b"\n", pos)
+            if not self._judged:
+                self._head += data[pos : (len(data) if end < 0 else end)][: self.HEAD - len(self._head)]
+                if end >= 0 or len(self._head) >= self.HEAD:
+                    self._judge(self._head)
+                    self._judged = True
+            if end < 0:
+                return
+            self._head, self._judged = b"", False
+            pos = end + 1
+
+    def _judge(self, head: bytes) -> None:
+        if head.startswith(self.NOTE):
+            self._building = head.startswith(self.BUILDING)
+        elif not self._building:
+            self.seen = True
+
+
+# Phases that say the command has not started: not true once it has printed.
+_BEFORE_COMMAND = frozenset({"waiting", "preparing", "pending"})
+
+
 class LiveStatus:
     """The status line under the log while a job is followed or waited for: a spinner, the job's status
     and phase, and how long it has been waiting or running. Shown only on a terminal, never with
     --json; when stdout is a terminal the line lives there and log lines are printed above it, else it
-    lives on stderr (if that is a terminal) and logs go to stdout untouched."""
+    lives on stderr (if that is a terminal) and logs go to stdout as `LogOutput` writes them.
+
+    The phase shown is the job's, except that one saying the command has not started yet is left out
+    once the log shows the command's own output (the phase is updated a moment after the command
+    starts)."""
 
     def __init__(self, job: Job, enabled: bool = True, logs_to_stderr: bool = False) -> None:
         self.job = job
@@ -252,6 +349,9 @@ class LiveStatus:
         self._live: Live | None = None
         self._spinner: Spinner | None = None
         self._partial = ""
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._output = LogOutput(err=logs_to_stderr)
+        self.command_start = CommandStart()
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         if enabled:
@@ -273,12 +373,15 @@ class LiveStatus:
         job = self.job
         now = datetime.now(UTC)
         if job.started_at is not None:
-            since = f"running for {human_seconds(elapsed(job, now))}"
+            since = f"{'ran' if job.finished else 'running'} for {human_seconds(elapsed(job, now))}"
         elif job.created_at is not None:
             since = f"waiting for {human_seconds(max((now - job.created_at).total_seconds(), 0.0))}"
         else:
             since = ""
-        phase = f" ({job.phase})" if job.phase and not job.finished else ""
+        shown = job.phase and not job.finished
+        if job.phase in _BEFORE_COMMAND and self.command_start.seen:
+            shown = False  # the log shows the command's output: the phase read has not caught up yet
+        phase = f" ({job.phase})" if shown else ""
         cancel = ", cancel requested" if job.cancel_requested and not job.finished else ""
         return f"job {job.id} {job.status}{phase}{cancel}" + (f", {since}" if since else "")
 
@@ -310,9 +413,13 @@ class LiveStatus:
         self._stop.set()
         if self._poller is not None:
             self._poller.join(timeout=5)
-        if self._partial:
-            self._emit(self._partial)
+        if self.shared:
+            rest = self._partial + terminal_safe(self._decoder.decode(b"", final=True))
+            if rest:
+                self._emit(last_rewrite(rest))
             self._partial = ""
+        else:
+            self._output.close()
         if self._live is not None:
             self._live.stop()
 
@@ -336,18 +443,19 @@ class LiveStatus:
         self._poller = threading.Thread(target=poll, name=f"opensci-job-{self.job.id}", daemon=True)
         self._poller.start()
 
-    def write(self, text: str) -> None:
-        """Log text, as it arrives. Above a shared status line only whole lines are printed."""
+    def write(self, data: bytes) -> None:
+        """Log bytes, as they arrive. Above a shared status line only whole lines are printed, made
+        terminal-safe, all those of one piece at once."""
+        self.command_start.feed(data)
         if not self.shared:
-            stream = sys.stderr if self.logs_to_stderr else sys.stdout
-            typer.echo(text, nl=False, err=stream is sys.stderr)
+            self._output.write(data)
             return
-        text = self._partial + text
+        text = self._partial + terminal_safe(self._decoder.decode(data))
         lines = text.split("\n")
         self._partial = lines.pop()
-        for line in lines:
-            self._emit(line)
+        if lines:
+            self._emit("\n".join(last_rewrite(line) for line in lines))
 
-    def _emit(self, line: str) -> None:
+    def _emit(self, text: str) -> None:
         assert self.console is not None
-        self.console.print(Text(line), end="\n", soft_wrap=True, markup=False, highlight=False)
+        self.console.print(Text(text), end="\n", soft_wrap=True, markup=False, highlight=False)
