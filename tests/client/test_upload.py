@@ -67,6 +67,53 @@ def test_upload_a_folder_under_a_path_and_a_file_to_a_path(sdk: Client, raw: Raw
     assert sdk.get_commit("alice/placed").title == "Upload a.txt"
 
 
+def test_dot_means_the_root_and_bad_destinations_fail_before_sending(
+    sdk: Client, raw: Raw, tmp_path: Path
+) -> None:
+    sdk.create_repo("dotted")
+    src = write_tree(tmp_path / "src", {"analyze.py": b"print(1)\n", "lib/util.py": b"x = 1\n"})
+    sdk.upload("alice/dotted", src, ".")
+    sdk.upload("alice/dotted", src, "./")
+    sdk.upload("alice/dotted", src, "./v2/./code//")
+    sdk.upload("alice/dotted", src / "analyze.py", "./copies/")
+    sdk.upload("alice/dotted", src / "analyze.py", "./copies/renamed.py")
+    sdk.upload("alice/dotted", src / "analyze.py", "notes/.")  # into notes/
+    assert set(raw.files("alice/dotted")) == {
+        "analyze.py",
+        "lib/util.py",
+        "v2/code/analyze.py",
+        "v2/code/lib/util.py",
+        "copies/analyze.py",
+        "copies/renamed.py",
+        "notes/analyze.py",
+    }
+    sdk.upload("alice/dotted", src / "analyze.py", "./gone.py")
+    sdk.upload("alice/dotted", src / "analyze.py", "kept.py", delete=["./gone.py"])
+    assert "gone.py" not in raw.files("alice/dotted") and "kept.py" in raw.files("alice/dotted")
+
+    commits = raw.commits("alice/dotted")
+    refused = {
+        "..": "'..' segment",
+        "../outside": "'..' segment",
+        "a/../b": "'..' segment",
+        ".git/hooks": "'.git' segment",
+        "data\\raw": "use '/' to separate folders",
+    }
+    for dest, message in refused.items():
+        with pytest.raises(ValidationError) as err:
+            sdk.upload("alice/dotted", src, dest)
+        assert err.value.code == "invalid_path" and message in err.value.message, dest
+        assert err.value.status == 0  # refused before anything was sent
+    with pytest.raises(ValidationError) as root:
+        sdk.upload("alice/dotted", src / "analyze.py", "x.py", delete=["."])
+    assert root.value.code == "invalid_path"
+    hidden = write_tree(tmp_path / "hidden", {"sub/.Git/config": b"x\n"})
+    with pytest.raises(ValidationError) as git_dir:
+        sdk.upload("alice/dotted", hidden)
+    assert git_dir.value.code == "invalid_path" and ".Git" in git_dir.value.message
+    assert raw.commits("alice/dotted") == commits
+
+
 def test_upload_with_deletes_and_to_another_branch(sdk: Client, raw: Raw, tmp_path: Path) -> None:
     sdk.create_repo("edits")
     src = write_tree(tmp_path / "src", {"keep.txt": b"k\n", "drop.txt": b"d\n", "old/x.txt": b"x\n"})

@@ -177,7 +177,7 @@ def upload(
         typer.Argument(
             metavar="PATH_IN_REPO",
             help="Where it goes: for a file, its path (default: its name; ending in / means into that "
-            "folder); for a folder, the folder its contents go into (default: the root).",
+            "folder); for a folder, the folder its contents go into (default: the root). `.` is the root.",
         ),
     ] = None,
     kind: Annotated[
@@ -195,7 +195,8 @@ def upload(
     Folders are walked recursively, without .git/. Prints the commit id and the repository's URL."""
     from opensci.client.transfer import collect
 
-    files = collect(local, path_in_repo)  # fails early, before anything is created, if LOCAL is missing
+    # Fails early, before the repository is created, if LOCAL is missing or a path in the repository is bad.
+    files = collect(local, path_in_repo)
     with connect() as client:
         repo, created = _ensure_repo(client, repo_id, kind, private)
         if created:

@@ -399,7 +399,8 @@ class Client:
         """Upload a file or a folder (recursively, without `.git/`) as ONE commit and return its id.
 
         A file goes to `path_in_repo` (default: its name; a value ending in `/` means: into that
-        folder); a folder's contents go under `path_in_repo` (default: the root). `delete` lists paths
+        folder); a folder's contents go under `path_in_repo` (default: the root; `.` and `./` are the
+        root too). A bad path (`..`, `.git`) is refused before anything is sent. `delete` lists paths
         to remove in the same commit. With `parent_commit`, the commit lands only if `branch` still
         points there (else ConflictError, and nothing is written). Files are streamed from disk.
 

@@ -49,32 +49,69 @@ class LocalFile:
     size: int
 
 
+MAX_PATH_BYTES = 4096
+MAX_PATH_DEPTH = 256
+
+
+def _invalid_path(message: str) -> ValidationError:
+    return ValidationError(message, code="invalid_path")
+
+
+def repo_folder(value: str) -> str:
+    """A place in a repository as people write it, in the form the server takes: `.`, `./` and `/`
+    are the root, `./data/` and `data//raw/.` are `data` and `data/raw`. Refused before anything is
+    sent: `..` (nothing is above the root), `.git`, backslashes and NUL characters."""
+    if "\x00" in value:
+        raise _invalid_path(f"path {value!r} contains a NUL character")
+    if "\\" in value:
+        raise _invalid_path(f"path {value!r}: use '/' to separate folders")
+    parts = [part for part in value.split("/") if part not in ("", ".")]
+    for part in parts:
+        if part == "..":
+            raise _invalid_path(f"path {value!r} has a '..' segment; give it from the repository root")
+        if part.lower() == ".git":
+            raise _invalid_path(f"path {value!r} has a '.git' segment, which a repository cannot hold")
+    return "/".join(parts)
+
+
+def names_folder(value: str) -> bool:
+    """Whether a destination given for a file names a folder to put it in (`data/`, `.`, `data/.`)."""
+    return value.endswith("/") or value in (".", "") or value.endswith("/.")
+
+
 def collect(local_path: Path, path_in_repo: str | None) -> list[LocalFile]:
     """The files to upload from a file or a folder (walked recursively in name order, without `.git`).
 
     In a folder, a symbolic link is followed only when it points inside the folder: a link to a file
-    elsewhere (a key, a password file) is never published by accident.
+    elsewhere (a key, a password file) is never published by accident. Every path is checked against
+    the server's rules here, so that a bad one fails before anything (a repository) is created.
     """
     return [_checked(f) for f in _collect(local_path, path_in_repo)]
 
 
 def _checked(f: LocalFile) -> LocalFile:
-    """A repository path must be text: a local name that is not valid UTF-8 is refused by name."""
+    """A repository path as the server takes it: text (a local name that is not valid UTF-8 is
+    refused by name), no `.git` segment nor backslash, not too long nor too deep."""
     try:
-        f.path_in_repo.encode()
+        encoded = f.path_in_repo.encode()
     except UnicodeEncodeError:
         shown = f.path_in_repo.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        raise ValidationError(
-            f"the file name {shown!r} ({f.local}) is not valid UTF-8: rename it, then upload again",
-            code="invalid_path",
+        raise _invalid_path(
+            f"the file name {shown!r} ({f.local}) is not valid UTF-8: rename it, then upload again"
         ) from None
+    if repo_folder(f.path_in_repo) != f.path_in_repo:
+        raise _invalid_path(f"{f.local} cannot go to {f.path_in_repo!r} in a repository: rename it")
+    if len(encoded) > MAX_PATH_BYTES:
+        raise _invalid_path(f"the path {f.path_in_repo[:80]!r}… is longer than {MAX_PATH_BYTES} bytes")
+    if f.path_in_repo.count("/") >= MAX_PATH_DEPTH:
+        raise _invalid_path(f"{f.local} is nested more than {MAX_PATH_DEPTH} folders deep")
     return f
 
 
 def _collect(local_path: Path, path_in_repo: str | None) -> list[LocalFile]:
     if local_path.is_dir():
         root_dir = local_path.resolve()
-        prefix = (path_in_repo or "").strip("/")
+        prefix = repo_folder(path_in_repo or "")
         out: list[LocalFile] = []
         for root, dirs, names in os.walk(local_path):
             dirs[:] = sorted(d for d in dirs if d != ".git")
@@ -95,12 +132,11 @@ def _collect(local_path: Path, path_in_repo: str | None) -> list[LocalFile]:
     st = local_path.stat()
     if not stat.S_ISREG(st.st_mode):
         raise ValidationError(f"{local_path} is neither a file nor a folder", code="invalid_path")
-    if path_in_repo is None or not path_in_repo.strip("/"):
-        target = local_path.name
-    elif path_in_repo.endswith("/"):
-        target = f"{path_in_repo.strip('/')}/{local_path.name}"
+    folder = repo_folder(path_in_repo or "")
+    if path_in_repo is None or names_folder(path_in_repo) or not folder:
+        target = f"{folder}/{local_path.name}" if folder else local_path.name
     else:
-        target = path_in_repo.strip("/")
+        target = folder
     return [LocalFile(target, local_path, st.st_size)]
 
 
@@ -108,6 +144,13 @@ def _quoted(value: str) -> str:
     if "\r" in value or "\n" in value:
         raise ValidationError(f"path {value!r} contains a line break", code="invalid_path")
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _deleted(path: str) -> str:
+    folder = repo_folder(path)
+    if not folder:
+        raise _invalid_path(f"{path!r} names the repository root: list the paths to delete")
+    return folder
 
 
 class MultipartBody:
@@ -205,7 +248,7 @@ def upload(
         fields.append(("branch", branch))
     if parent_commit:
         fields.append(("parent_commit", parent_commit))
-    fields += [("delete", path.strip("/")) for path in delete or []]
+    fields += [("delete", _deleted(path)) for path in delete or []]
     for f in big:
         fc, _ = chunks.upload_path(client, repo, f.local, workers=workers, on_hashed=hashed, on_sent=advance)
         if fc.size != f.size:
