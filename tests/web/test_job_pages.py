@@ -205,6 +205,22 @@ def test_the_live_part_reloads_while_the_job_is_not_finished(
     assert "cancelled before it started" in ended.text
 
 
+def test_commands_are_shown_as_shell_lines(
+    api: TestClient, web: TestClient, alice: Account, logged_in: Callable[[Account], TestClient]
+) -> None:
+    code_repo(api, alice, "tools", {"run.py": "print(1)\n"})
+    words = ["sh", "-c", "for i in 1 2 3; do echo step $i; done", "it's"]
+    job = submit(api, alice, {"code": {"repo": "alice/tools"}, "command": words})
+    quoted = "sh -c &#39;for i in 1 2 3; do echo step $i; done&#39; &#39;it&#39;&#34;&#39;&#34;&#39;s&#39;"
+    page = web.get(f"/jobs/{job}")
+    assert f'<code class="job-command">{quoted}</code>' in page.text
+    assert "sh -c for i in" not in page.text
+    listed = web.get("/jobs").text
+    assert f"<code>{quoted}</code>" in listed
+    recent = logged_in(alice).get("/alice/tools/run").text
+    assert '<code class="small">sh -c &#39;for i in 1 2 3; do echo step...</code>' in recent  # cut
+
+
 def test_cancel_and_rerun_forms(
     api: TestClient, alice: Account, bob: Account, logged_in: Callable[[Account], TestClient]
 ) -> None:

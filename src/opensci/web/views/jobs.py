@@ -13,6 +13,7 @@ runs, htmx also reloads it every few seconds.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
@@ -68,8 +69,14 @@ def duration(seconds: float | None) -> str:
     return f"{hours} h {minutes} min" if minutes else f"{hours} h"
 
 
+def command_line(words: list[str]) -> str:
+    """A job's command as a shell line (`sh -c 'for i in 1 2; do echo $i; done'`), as the CLI shows it:
+    words with spaces or shell characters are quoted, so what is shown can be run as is."""
+    return shlex.join(words)
+
+
 # Helpers the job templates use.
-FORMAT = {"ago": ago, "duration": duration, "repo_url": repo_url}
+FORMAT = {"ago": ago, "duration": duration, "repo_url": repo_url, "command_line": command_line}
 
 
 def _wake(request: Request) -> None:
