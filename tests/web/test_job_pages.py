@@ -305,16 +305,37 @@ def test_the_run_form_of_a_code_repository(
 
     bad_line = post(inputs="numbers alice/numbers")
     assert bad_line.status_code == 422
-    assert "inputs, line 1: write name=owner/name or name=owner/name@revision" in bad_line.text
+    assert "Inputs, line 1: write name=owner/name or name=owner/name@revision" in bad_line.text
     assert "python sum.py --x &#39;a b&#39;" in bad_line.text  # the form keeps what was typed
     bad_memory = post(memory="lots")
-    assert (
-        bad_memory.status_code == 422 and "resources.memory: &#39;lots&#39; is not a size" in bad_memory.text
-    )
+    assert bad_memory.status_code == 422 and "Memory: &#39;lots&#39; is not a size" in bad_memory.text
     no_output = post(output="alice/nowhere")
     assert no_output.status_code == 422 and "repository alice/nowhere not found" in no_output.text
     not_code = post(command="")
-    assert not_code.status_code == 422 and "command: the command is empty" in not_code.text
+    assert not_code.status_code == 422 and "Command: the command is empty" in not_code.text
+    # Whoever finds the mistakes (the form, the spec's validation, the service), fields are named as
+    # the form labels them, never by their path in the spec.
+    mistakes = {
+        (("cpus", "0"), ("memory", "lots"), ("time_limit", "soon")): [
+            "CPUs: ",
+            "; Memory: ",
+            "; Time limit: ",
+        ],
+        (("memory", "4096T"),): ["Memory: at most"],
+        (("time_limit", "99999999"),): ["Time limit: at most"],
+        (("rev", "no-such-branch"),): ["Revision: "],
+        (("inputs", "numbers=alice/numbers@nope"),): ["Inputs, numbers: "],
+        (("inputs", "numbers=alice/adder"),): ["Inputs, numbers: "],
+        (("output", "alice/adder"),): ["Output dataset: "],
+    }
+    for changes, expected in mistakes.items():
+        refused = post(**dict(changes))
+        error = re.search(r'<div class="flash error" role="alert">(.*?)</div>', refused.text, re.S)
+        assert refused.status_code == 422 and error, (changes, refused.status_code)
+        assert all(part in error.group(1) for part in expected), (changes, error.group(1))
+        assert not re.search(r"\b(resources|env|code|output)\.\w+:|\binput \w+:", error.group(1)), (
+            error.group(1)
+        )
     branch_alone = post(output="", branch="x")
     assert (
         branch_alone.status_code == 422 and "name the dataset that receives the outputs" in branch_alone.text

@@ -13,6 +13,7 @@ runs, htmx also reloads it every few seconds.
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Callable
 from datetime import datetime
@@ -286,21 +287,79 @@ def parse_inputs(text: str) -> dict[str, dict[str, str | None]]:
         repo, _, rev = ref.strip().partition("@")
         if not sep or not name.strip() or not repo.strip():
             raise InvalidInput(
-                f"inputs, line {number}: write name=owner/name or name=owner/name@revision, not {line!r}",
+                f"Inputs, line {number}: write name=owner/name or name=owner/name@revision, not {line!r}",
                 code="invalid_spec",
             )
         if name.strip() in inputs:
-            raise InvalidInput(f"inputs, line {number}: {name.strip()!r} is named twice", code="invalid_spec")
+            raise InvalidInput(f"Inputs, line {number}: {name.strip()!r} is named twice", code="invalid_spec")
         inputs[name.strip()] = {"repo": repo.strip(), "rev": rev.strip() or None}
     return inputs
+
+
+# Every message about the Run form names a field by its label on the form, whether it comes from the
+# form's own checks, from the spec's validation (which names fields by their path in the spec) or from
+# the compute service (which does too, as `resources.memory: …` or `input NAME: …`).
+FIELD_LABELS = {
+    "rev": "Revision",
+    "command": "Command",
+    "inputs": "Inputs",
+    "output": "Output dataset",
+    "branch": "Branch",
+    "requirements": "Requirements",
+    "cpus": "CPUs",
+    "memory": "Memory",
+    "time_limit": "Time limit",
+    "executor": "Executor",
+}
+# The form field that fills each place in the spec (the longest matching start of a path wins).
+SPEC_FIELDS: dict[tuple[str, ...], str] = {
+    ("code",): "rev",
+    ("command",): "command",
+    ("inputs",): "inputs",
+    ("output",): "output",
+    ("output", "branch"): "branch",
+    ("env", "requirements"): "requirements",
+    ("resources", "cpus"): "cpus",
+    ("resources", "memory"): "memory",
+    ("resources", "time_limit"): "time_limit",
+    ("executor",): "executor",
+}
+_SPEC_PREFIX = re.compile(r"^(?:input (?P<input>[^\s:]+)|(?P<path>[a-z_]+(?:\.[\w-]+)*)): ")
+
+
+def form_label(loc: tuple[str | int, ...]) -> str:
+    """How the Run form names the place `loc` of a spec (`("resources", "memory")` → `Memory`; an input
+    by its name: `Inputs, catalog`); its dotted path if no field of the form fills it."""
+    parts = tuple(str(x) for x in loc)
+    for size in range(len(parts), 0, -1):
+        field = SPEC_FIELDS.get(parts[:size])
+        if field is not None:
+            label = FIELD_LABELS[field]
+            return f"{label}, {parts[1]}" if field == "inputs" and len(parts) > 1 else label
+    return ".".join(parts)
+
+
+def form_message(message: str) -> str:
+    """A message of the compute service with the spec path it starts with (`resources.memory: …`,
+    `input NAME: …`) named as the form names the field."""
+    match = _SPEC_PREFIX.match(message)
+    if match is None:
+        return message
+    if match["input"]:
+        loc: tuple[str, ...] = ("inputs", match["input"])
+    else:
+        loc = tuple(match["path"].split("."))
+        if not any(loc[:size] in SPEC_FIELDS for size in range(len(loc), 0, -1)):
+            return message
+    return f"{form_label(loc)}: {message[match.end() :]}"
 
 
 def _spec_message(exc: ValidationError) -> str:
     parts = []
     for e in exc.errors()[:5]:
-        where = ".".join(str(x) for x in e.get("loc", ()))
+        loc = tuple(e.get("loc", ()))
         message = str(e.get("msg", "")).removeprefix("Value error, ")
-        parts.append(f"{where}: {message}" if where else message)
+        parts.append(f"{form_label(loc)}: {message}" if loc else message)
     return "; ".join(parts) or "the job is not valid"
 
 
@@ -320,7 +379,9 @@ def build_spec(repo: Repository, form: dict[str, str]) -> JobSpec:
     if form["output"].strip():
         raw["output"] = {"repo": form["output"].strip(), "branch": form["branch"].strip() or None}
     elif form["branch"].strip():
-        raise InvalidInput("output: name the dataset that receives the outputs", code="invalid_spec")
+        raise InvalidInput(
+            "Output dataset: name the dataset that receives the outputs on this branch", code="invalid_spec"
+        )
     if form["executor"].strip():
         raw["executor"] = form["executor"].strip()
     try:
@@ -423,7 +484,15 @@ def run_submit(
         # A repository or revision named in the form that is not found is a mistake in the form (422).
         status = 422 if exc.status == 404 else exc.status
         return _run_page(
-            request, settings, session, store, actor, repo, form, status=status, error=exc.message
+            request,
+            settings,
+            session,
+            store,
+            actor,
+            repo,
+            form,
+            status=status,
+            error=form_message(exc.message),
         )
     _wake(request)
     return see_other(f"/jobs/{job.id}")
