@@ -87,7 +87,7 @@ def in_a_terminal(argv: list[str], env: dict[str, str], timeout: float = 90) -> 
         close_fds=True,
     )
     os.close(follower)
-    seen = b""
+    seen = bytearray()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         ready, _, _ = select.select([leader], [], [], 0.5)
@@ -102,7 +102,7 @@ def in_a_terminal(argv: list[str], env: dict[str, str], timeout: float = 90) -> 
         elif proc.poll() is not None:
             break
     os.close(leader)
-    return proc.wait(timeout=30), seen
+    return proc.wait(timeout=30), bytes(seen)
 
 
 # --- job list ---------------------------------------------------------------------------------------------
@@ -201,6 +201,17 @@ def test_following_a_long_finished_log_reads_it_plainly_once(
     assert took < 8, took
     plain = runner.invoke(cli, ["job", "logs", str(job_id)], env=env)
     assert plain.exit_code == 0 and plain.stdout_bytes == log
+
+    # On a terminal, above the status line, too: each line once, in order, quickly.
+    started = time.monotonic()
+    code, seen = in_a_terminal(["job", "logs", str(job_id), "-f"], env)
+    took = time.monotonic() - started
+    assert code == 0, seen[-2000:]
+    # (where the status line was, it is erased with ESC [2K before the log goes on)
+    shown = [line.rsplit("\x1b[2K", 1)[-1] for line in seen.decode().split("\r\n")]
+    lines = [line for line in shown if line[:6].isdigit()]
+    assert lines == [line for line in log.decode().splitlines() if line[:6].isdigit()]
+    assert took < 15, took
 
 
 def test_logs_go_to_a_pipe_byte_for_byte_and_to_a_terminal_made_safe(
