@@ -292,3 +292,18 @@ def test_the_status_line_drops_preparing_once_the_command_prints(
     assert out.endswith(
         b"Collecting six\n  Downloading six.whl\n[opensci] sandbox: bubblewrap, network off\nstep 1\n"
     )
+
+
+def test_command_start_is_told_from_the_log_in_pieces_of_any_size() -> None:
+    log = (
+        b"[opensci] job 5 started\n[opensci] building environment k: six\nCollecting six\n  Downloading x\n"
+        b"[opensci] sandbox: none\n[opensci] local executor: host:1\nEpoch 1/10 [=====>"
+    )
+    first_output = log.index(b"Epoch")
+    for size in (1, 2, 7, 64, len(log)):
+        start = job_view.CommandStart()
+        for i in range(0, len(log), size):
+            start.feed(log[i : i + size])
+            # known as soon as a line cannot be a note any more, even before it ends
+            assert start.seen == (i + size > first_output), (size, i)
+    assert job_view.CommandStart().seen is False

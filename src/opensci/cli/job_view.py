@@ -305,7 +305,7 @@ class CommandStart:
 
     NOTE = b"[opensci] "
     BUILDING = b"[opensci] building environment"
-    HEAD = 64  # bytes of a line enough to judge it
+    HEAD = 64  # bytes of a line enough to judge it (fewer if they are not the start of a note)
 
     def __init__(self) -> None:
         self.seen = False
@@ -318,8 +318,10 @@ class CommandStart:
         while not self.seen and pos < len(data):
             end = data.find(b"\n", pos)
             if not self._judged:
-                self._head += data[pos : (len(data) if end < 0 else end)][: self.HEAD - len(self._head)]
-                if end >= 0 or len(self._head) >= self.HEAD:
+                stop = len(data) if end < 0 else end
+                self._head += data[pos : min(stop, pos + self.HEAD - len(self._head))]
+                head = self._head
+                if end >= 0 or len(head) >= self.HEAD or not self.NOTE.startswith(head[: len(self.NOTE)]):
                     self._judge(self._head)
                     self._judged = True
             if end < 0:
