@@ -194,7 +194,7 @@ def test_a_chunk_lost_while_the_manifest_streams_is_sent_again(
         # Called as each batch is acknowledged, before the part of the manifest it belongs to is released.
         if done and not lost:
             with app.state.db.session() as session:
-                chunk = update(StorageChunk).where(StorageChunk.sha256 == victim)
+                chunk = update(StorageChunk).where(StorageChunk.digest == victim)
                 if session.execute(chunk.values(damaged=True)).rowcount:  # its batch is stored
                     lost.append(victim)
                 session.commit()

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import pytest
+from blake3 import blake3
 from sqlalchemy import update
 
 from opensci.db import Database
@@ -51,7 +52,13 @@ def random_bytes(n: int, seed: int) -> bytes:
 
 
 def sha256(data: bytes) -> str:
+    """A file's sha256 (its Git LFS oid), in hex."""
     return hashlib.sha256(data).hexdigest()
+
+
+def chunk_name(data: bytes) -> str:
+    """A chunk's name (the BLAKE3 of its bytes), in hex."""
+    return blake3(data).hexdigest()
 
 
 def backdate(db: Database, seconds: float, oids: list[str] | None = None) -> None:

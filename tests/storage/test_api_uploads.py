@@ -35,7 +35,7 @@ def random_bytes(n: int, seed: int) -> bytes:
 
 
 def cut(data: bytes) -> list[tuple[str, bytes]]:
-    """(sha256 hex, bytes) of each chunk, as the blob store cuts them."""
+    """(name hex, bytes) of each chunk, as the blob store cuts and names them."""
     return [(d.hex(), bytes(b)) for block in ChunkedStream(io.BytesIO(data)).blocks() for d, b in block]
 
 
@@ -249,7 +249,7 @@ def test_a_batch_over_the_limit_is_payload_too_large(up: Uploader, monkeypatch: 
 
 
 def test_bad_hash_lists_are_refused(up: Uploader) -> None:
-    assert error_code(up.missing(["xyz"]), 422) == "invalid_oid"
+    assert error_code(up.missing(["xyz"]), 422) == "invalid_chunk_hash"
     r = up.client.post(uploads(up.full_name, "chunks/missing"), json={"chunks": "ab"}, headers=up.headers)
     assert error_code(r, 422) == "invalid_input"
     too_many = ["0" * 64] * (storage_api.MAX_HASHES + 1)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from xxhash import xxh3_64_digest
 
-from opensci.storage.chunking import chunk_sha256
+from opensci.storage.chunking import chunk_id
 from opensci.storage.errors import ObjectDamaged
 from opensci.storage.index import Location
 from opensci.storage.maintenance import verify
@@ -59,7 +59,7 @@ def test_direct_and_ordinary_writers_write_the_same_packs(tmp_path: Path) -> Non
         assert direct.path.stat().st_size == direct.offset  # no padding left after an append
         assert direct.path.read_bytes() == plain.path.read_bytes()
     direct.sync()
-    assert [r.sha256 for r in scan_pack(direct.path)] == [d for d, _ in chunks]
+    assert [r.digest for r in scan_pack(direct.path)] == [d for d, _ in chunks]
     direct.close()
     plain.close()
 
@@ -76,7 +76,7 @@ def test_a_rewind_after_a_failed_upload_keeps_what_was_recorded(tmp_path: Path) 
     assert writer.offset == end and writer.path.stat().st_size == end
     writer.append(later)  # the block the rewind cut into is written again from the kept tail
     writer.sync()
-    assert [r.sha256 for r in scan_pack(writer.path)] == [d for d, _ in kept + later]
+    assert [r.digest for r in scan_pack(writer.path)] == [d for d, _ in kept + later]
     data = writer.path.read_bytes()
     assert data[: PACK_HEADER.size].startswith(b"OSCIPACK")
     writer.close()
@@ -154,7 +154,7 @@ def _record_bytes(path: Path, loc: Location) -> bytes:
 def test_a_chunk_larger_than_a_read_span_is_read_back(store: BlobStore) -> None:
     """The protocol takes chunks up to 16 MiB (other clients may cut larger ones than ours)."""
     small, big = random_bytes(70_000, 7), random_bytes(SPAN_BYTES + 3 * MiB, 8)
-    pieces = [(chunk_sha256(small), small), (chunk_sha256(big), big), (chunk_sha256(small), small)]
+    pieces = [(chunk_id(small), small), (chunk_id(big), big), (chunk_id(small), small)]
     store.put_chunks(pieces)
     content = small + big + small
     info = store.commit_manifest(sha256(content), len(content), [d for d, _ in pieces])

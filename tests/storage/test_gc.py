@@ -13,7 +13,7 @@ from opensci.storage.gc import gc
 from opensci.storage.maintenance import stats, verify
 from opensci.storage.models import StorageChunk, StoragePack
 from opensci.storage.store import BlobStore
-from tests.storage.conftest import backdate, random_bytes, sha256
+from tests.storage.conftest import backdate, chunk_name, random_bytes, sha256
 
 DAY = 86400
 
@@ -81,17 +81,17 @@ def test_grace_protects_young_objects_and_chunks_of_uploads_in_flight(store: Blo
     young_oid = store.put(io.BytesIO(random_bytes(1_000_000, 50))).oid
     # An upload in flight through the chunk protocol: chunks stored, manifest not committed yet.
     part1, part2 = random_bytes(100_000, 51), random_bytes(100_000, 52)
-    store.put_chunk(sha256(part1), part1)
-    store.put_chunk(sha256(part2), part2)
+    store.put_chunk(chunk_name(part1), part1)
+    store.put_chunk(chunk_name(part2), part2)
     # It also reuses a chunk of the old object, which `missing_chunks` touched.
     with store.open(old_oid) as fh:
         reused = fh.read(len(old))
-    assert store.missing_chunks([sha256(part1)]) == set()
+    assert store.missing_chunks([chunk_name(part1)]) == set()
 
     report = gc(store, [], grace=3600)
     assert report.objects_deleted == 1
     assert not store.has(old_oid) and store.has(young_oid)
-    info = store.commit_manifest(sha256(part1 + part2), 200_000, [sha256(part1), sha256(part2)])
+    info = store.commit_manifest(sha256(part1 + part2), 200_000, [chunk_name(part1), chunk_name(part2)])
     assert b"".join(store.iter_range(info.oid)) == part1 + part2
     assert reused == old
 

@@ -108,3 +108,34 @@ def test_reindex_command(settings: Settings, store: BlobStore, monkeypatch: pyte
     result = CliRunner().invoke(cli, ["storage", "reindex"])
     assert result.exit_code == 0, result.output
     assert "scanned 1 packs" in result.output
+
+
+def test_chunks_named_by_sha256_before_blake3_stay_readable_verifiable_and_reindexable(
+    store: BlobStore, db: Database
+) -> None:
+    """Stores written before chunks were named by BLAKE3 hold sha256-named records: they keep working
+    (read, scrub, reindex), while new chunks must carry BLAKE3 names."""
+    import hashlib
+
+    from opensci.storage.errors import DigestMismatch
+    from opensci.storage.store import _Lease
+
+    pieces = [random_bytes(100_000, 90), random_bytes(120_000, 91)]
+    old_names = [hashlib.sha256(p).digest() for p in pieces]
+    lease = _Lease(store)  # as an older server wrote them
+    lease.append([(n, memoryview(p)) for n, p in zip(old_names, pieces, strict=True)])
+    lease.flush()
+    lease.release(True)
+    content = b"".join(pieces)
+    oid = store.commit_manifest(hashlib.sha256(content).hexdigest(), len(content), old_names).oid
+    assert b"".join(store.iter_range(oid)) == content
+    assert verify(store).ok
+    store.close()
+    with db.session() as session:
+        session.execute(delete(StorageChunk))
+        session.commit()
+    assert reindex(store).chunks_added == 2
+    assert b"".join(store.iter_range(oid)) == content  # read checks them against their sha256 names now
+    assert verify(store).ok
+    with pytest.raises(DigestMismatch, match="BLAKE3"):
+        store.put_chunk(hashlib.sha256(b"new content").digest(), b"new content")

@@ -16,7 +16,7 @@ from opensci.storage.errors import DigestMismatch, MissingChunks, ObjectNotFound
 from opensci.storage.maintenance import stats, verify
 from opensci.storage.models import StorageChunk, StorageObject
 from opensci.storage.store import BlobStore
-from tests.storage.conftest import random_bytes, sha256
+from tests.storage.conftest import chunk_name, random_bytes, sha256
 
 
 def first_chunk(data: bytes) -> bytes:
@@ -223,7 +223,7 @@ def test_resumable_protocol_sends_only_missing_chunks(store: BlobStore) -> None:
     store.put(io.BytesIO(base))
     edited = base[:2_000_000] + b"inserted" + base[2_000_000:]
     pieces = [edited[c.offset : c.offset + c.length] for c in new_chunker().cut_buf(edited)]
-    hashes = [sha256(p) for p in pieces]
+    hashes = [chunk_name(p) for p in pieces]
     missing = store.missing_chunks(hashes)
     assert 0 < len(missing) <= 3, "only the chunks around the edit are new"
     for h, p in zip(hashes, pieces, strict=True):
@@ -241,30 +241,35 @@ def test_resumable_protocol_sends_only_missing_chunks(store: BlobStore) -> None:
 
 def test_commit_manifest_refuses_missing_chunks_and_wrong_digests(store: BlobStore, db: Database) -> None:
     a, b = random_bytes(100_000, 14), random_bytes(100_000, 15)
-    store.put_chunk(sha256(a), a)
+    store.put_chunk(chunk_name(a), a)
     with pytest.raises(MissingChunks) as exc:
-        store.commit_manifest(sha256(a + b), len(a + b), [sha256(a), sha256(b)])
-    assert exc.value.missing == [sha256(b)]
-    store.put_chunk(sha256(b), b)
+        store.commit_manifest(sha256(a + b), len(a + b), [chunk_name(a), chunk_name(b)])
+    assert exc.value.missing == [chunk_name(b)]
+    store.put_chunk(chunk_name(b), b)
     with pytest.raises(DigestMismatch):
-        store.commit_manifest(sha256(b + a), len(a + b), [sha256(a), sha256(b)])
+        store.commit_manifest(sha256(b + a), len(a + b), [chunk_name(a), chunk_name(b)])
     with pytest.raises(DigestMismatch):
-        store.commit_manifest(sha256(a + b), len(a + b) + 1, [sha256(a), sha256(b)])
+        store.commit_manifest(sha256(a + b), len(a + b) + 1, [chunk_name(a), chunk_name(b)])
     assert objects(db) == 0
-    assert store.commit_manifest(sha256(a + b), len(a + b), [sha256(a), sha256(b)]).oid == sha256(a + b)
+    assert store.commit_manifest(sha256(a + b), len(a + b), [chunk_name(a), chunk_name(b)]).oid == sha256(
+        a + b
+    )
     assert store.commit_manifest(sha256(b""), 0, []).size == 0
 
 
 def test_put_chunk_checks_the_hash(store: BlobStore, db: Database) -> None:
     with pytest.raises(DigestMismatch):
-        store.put_chunk(sha256(b"one"), b"two")
+        store.put_chunk(chunk_name(b"one"), b"two")
     with pytest.raises(InvalidInput):
-        store.put_chunk(sha256(b""), b"")
+        store.put_chunk(chunk_name(b""), b"")
     with pytest.raises(InvalidInput):
         store.put_chunk("xyz", b"two")
     assert chunks(db) == 0
     assert (
-        store.put_chunks([(sha256(b"one"), b"one"), (sha256(b"two"), b"two"), (sha256(b"one"), b"one")]) == 2
+        store.put_chunks(
+            [(chunk_name(b"one"), b"one"), (chunk_name(b"two"), b"two"), (chunk_name(b"one"), b"one")]
+        )
+        == 2
     )
 
 

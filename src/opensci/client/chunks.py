@@ -2,16 +2,18 @@
 
 A file is cut into content-defined chunks with the parameters of the server's blob store (FastCDC 2020,
 min 16 / avg 64 / max 256 KiB, normalized chunking 2: they must agree, or nothing deduplicates; a test
-compares the two), each named by its sha256. While the file is still being cut, the client asks the
-repository which chunks of each part it lacks (on a thread of its own), sends those in batches from
-several threads, and streams the file's manifest (`/uploads/manifests`) as parts are stored: the server
-reads the file back from its chunks and hashes it meanwhile, and answers with its sha256, which the
-commit names as a Git LFS pointer. Each byte is hashed once here and twice on the server (its chunk,
-checked on arrival; the whole file), and nothing is left to hash when the last batch is stored. A run
-after an interruption asks again, so only what is still missing is sent: uploads resume by construction.
+compares the two), each named by the BLAKE3 hash of its bytes, as the server names them. While the file
+is still being cut, the client asks the repository which chunks of each part it lacks (on a thread of
+its own), sends those in batches from several threads, and streams the file's manifest
+(`/uploads/manifests`) as parts are stored: the server reads the file back from its chunks and hashes it
+meanwhile, and answers with its sha256, which the commit names as a Git LFS pointer. Each byte is hashed
+once here and twice on the server (its chunk, checked on arrival; the whole file), and nothing is left
+to hash when the last batch is stored. A run after an interruption asks again, so only what is still
+missing is sent: uploads resume by construction.
 
 Memory stays small whatever the file's size: the file is read in blocks of a few MiB and batches are
-streamed from disk while they are sent. This module needs httpx and pyfastcdc, nothing of the server.
+streamed from disk while they are sent. This module needs httpx, pyfastcdc and blake3, nothing of the
+server.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
+from blake3 import blake3
 from pyfastcdc import FastCDC
 
 from opensci.client.errors import OpenSciError, TransferError
@@ -47,7 +50,7 @@ BATCH_BYTES = 16 * 1024 * 1024  # chunk bytes per request (the server takes up t
 MISSING_BATCH = 50_000  # chunk hashes per `missing` question (the server takes up to 100,000)
 WORKERS = 4  # batches in flight at once
 ASK_BATCHES = 4  # one `missing` question per this many batches' worth of new chunks
-FRAME = struct.Struct(">32sI")  # a chunk's frame in a batch: sha256, length of the bytes that follow
+FRAME = struct.Struct(">32sI")  # a chunk's frame in a batch: its name, length of the bytes that follow
 PIECE_BYTES = 256 * 1024  # a batch body is sent in writes of about this size
 
 Hashed = Callable[[int], None]
@@ -148,7 +151,7 @@ class _Cutter:
                     if not eof and ch.offset + MAX_SIZE > end:
                         break
                     piece = data[ch.offset : ch.offset + ch.length]
-                    block.append((hashlib.sha256(piece).hexdigest(), base + ch.offset, ch.length))
+                    block.append((blake3(piece).hexdigest(), base + ch.offset, ch.length))
                     used = ch.offset + ch.length
                 for h, off, length in block:
                     self.hashes.append(h)
@@ -403,7 +406,7 @@ def upload_path(
     about and sent while the rest is still being cut and hashed, and the manifest is streamed to the
     server as parts are stored, so cutting, hashing, sending and the server's check of the whole file
     all overlap. The file's sha256 (its Git LFS oid) is the server's answer: the server reads the file's
-    content back from its own chunks, each checked against the sha256 this client computed from the
+    content back from its own chunks, each checked against the name this client computed from the
     local file, so the client hashes each byte once. Returns the file's chunks (with that oid) and the
     bytes sent (frames included).
 

@@ -1,12 +1,12 @@
 """REST routes of the storage domain under /api/v1: our own chunk-level upload protocol.
 
 A client cuts a file into content-defined chunks exactly as the blob store does (FastCDC, see
-`storage.chunking`), then, on a repository it may write:
+`storage.chunking`) and names each by the BLAKE3 hash of its bytes, then, on a repository it may write:
 
-1. `POST /repos/{owner}/{name}/uploads/chunks/missing` `{"chunks": [sha256 hex, ...]}` → `{"missing": [...]}`:
+1. `POST /repos/{owner}/{name}/uploads/chunks/missing` `{"chunks": [BLAKE3 hex, ...]}` → `{"missing": [...]}`:
    which chunks the server lacks (the others are touched, so garbage collection spares them);
 2. `POST /repos/{owner}/{name}/uploads/chunks`, an `application/octet-stream` body of frames
-   `[32-byte sha256][4-byte big-endian length][bytes]` → `{"stored": n, "received": m}`; every chunk is
+   `[32-byte BLAKE3][4-byte big-endian length][bytes]` → `{"stored": n, "received": m}`; every chunk is
    checked against its hash before anything is written;
 3. `POST /repos/{owner}/{name}/uploads/objects` `{"oid", "size", "chunks": [...]}` → 201 `{"oid", "size"}`:
    the file, assembled from stored chunks and checked against its sha256 and size, held by the
@@ -14,7 +14,7 @@ A client cuts a file into content-defined chunks exactly as the blob store does 
    list in `missing`, so the client sends them and asks again.
 
    Or, instead, `POST /repos/{owner}/{name}/uploads/manifests?size=N[&oid=…]`, a body of the file's
-   chunk sha256s (32 raw bytes each, in file order) streamed *while* the chunks are sent, each once its
+   chunk names (32 raw bytes each, in file order) streamed *while* the chunks are sent, each once its
    chunk is stored → 201 `{"oid", "size"}`: the server reads and hashes the file as the manifest arrives,
    so checking the file costs nothing after the upload, and the client need not hash the whole file
    (the oid is the server's answer; given, it is checked). Same errors as `objects`.
@@ -25,6 +25,7 @@ An interrupted upload resumes by asking step 1 again: only the chunks still miss
 
 from __future__ import annotations
 
+import functools
 import struct
 import threading
 from typing import Annotated
@@ -44,7 +45,7 @@ from opensci.repos.models import Repository
 from opensci.settings import Settings
 from opensci.storage import files, quota
 from opensci.storage.errors import MissingChunks
-from opensci.storage.index import check_oid
+from opensci.storage.index import check_oid, chunk_digest
 from opensci.storage.packs import MAX_CHUNK
 from opensci.storage.readback import ContentReader
 from opensci.storage.store import BlobStore
@@ -54,13 +55,13 @@ router = APIRouter(prefix="/api/v1", tags=["storage"])
 MAX_HASHES = 100_000  # chunk hashes per `missing` question
 MAX_BATCH_BYTES = 64 * 1024 * 1024  # body of one chunk batch
 MAX_MANIFEST_CHUNKS = 1_000_000  # chunks of one object (64 GiB at the average chunk size)
-FRAME = struct.Struct(">32sI")  # a chunk's frame header: sha256, length of the bytes that follow
+FRAME = struct.Struct(">32sI")  # a chunk's frame header: its name, length of the bytes that follow
 
 _UPLOADS = "/repos/{owner}/{name}/uploads"
 
 
 class ChunkList(BaseModel):
-    chunks: list[str] = Field(max_length=MAX_HASHES, description="Chunk sha256s, 64 hexadecimal digits each.")
+    chunks: list[str] = Field(max_length=MAX_HASHES, description="Chunk names (BLAKE3), 64 hex digits each.")
 
 
 class MissingOut(BaseModel):
@@ -76,7 +77,8 @@ class ObjectIn(BaseModel):
     oid: str = Field(description="sha256 of the whole file (its Git LFS oid).")
     size: int = Field(ge=0, description="Size of the whole file in bytes.")
     chunks: list[str] = Field(
-        max_length=MAX_MANIFEST_CHUNKS, description="The file's chunk sha256s, in order (repeats allowed)."
+        max_length=MAX_MANIFEST_CHUNKS,
+        description="The file's chunk names (BLAKE3), in order (repeats allowed).",
     )
 
 
@@ -96,7 +98,7 @@ def missing_chunks(
     """Which of these chunks the server lacks. Ask before sending: only those need to be sent."""
     _writable(actor, session, owner, name)
     session.close()  # the answer needs no more of this session; free its connection
-    hashes = [check_oid(h) for h in body.chunks]
+    hashes = [chunk_digest(h).hex() for h in body.chunks]
     absent = blobs.missing_chunks(hashes)
     return MissingOut(missing=[h for h in dict.fromkeys(hashes) if h in absent])
 
@@ -132,9 +134,10 @@ def parse_frames(body: bytes | memoryview) -> list[tuple[bytes, memoryview]]:
 
 class _Buffers:
     """Receive buffers of chunk batches, reused from batch to batch (a fresh 16 MiB buffer costs 4,096
-    page faults on first touch, and joining the received parts a second copy)."""
+    page faults on first touch, and joining the received parts a second copy). A buffer comes back once
+    the blob store no longer keeps its chunks in memory for the manifest (see `storage.recent`)."""
 
-    def __init__(self, keep: int = 4) -> None:  # 4 batches of 16 MiB: one SDK upload's worth
+    def __init__(self, keep: int = 8) -> None:  # batches of 16 MiB: one SDK upload's worth
         self.keep = keep
         self._idle: list[bytearray] = []
         self._lock = threading.Lock()
@@ -193,7 +196,7 @@ async def _read_batch(request: Request, buffer: bytearray | None, length: int) -
 async def put_chunks(
     owner: str, name: str, request: Request, session: SessionDep, blobs: BlobsDep, actor: UserActorDep
 ) -> ChunksStored | Response:
-    """Store a batch of chunks, framed as `[sha256 (32 bytes)][length (4 bytes, big-endian)][bytes]`,
+    """Store a batch of chunks, framed as `[BLAKE3 (32 bytes)][length (4 bytes, big-endian)][bytes]`,
     repeated. Every chunk is checked against its hash first: one wrong chunk (422 `digest_mismatch`) or
     a truncated frame (422 `truncated_batch`) stores nothing of the batch."""
     await run_in_threadpool(_writable, actor, session, owner, name)
@@ -203,17 +206,20 @@ async def put_chunks(
     if length is not None and length > MAX_BATCH_BYTES:
         raise _too_large()
     buffer = _buffers.take(length) if length else None
+    handed = False  # to the blob store, which gives the buffer back when it is done with its chunks
     try:
         chunks = parse_frames(await _read_batch(request, buffer, length or 0))
         if not chunks:
             raise InvalidInput("the batch holds no chunks", code="empty_batch")
         received = len(chunks)
-        stored = await run_in_threadpool(blobs.put_chunks, chunks)
-        del chunks  # views of the buffer, reused by the next batch
+        release = None if buffer is None else functools.partial(_buffers.give, buffer)
+        handed = release is not None
+        stored = await run_in_threadpool(functools.partial(blobs.put_chunks, chunks, release=release))
+        del chunks
     except ClientDisconnect:  # the client gave up before the batch was whole: nothing was stored
         return Response(status_code=400)
     finally:
-        if buffer is not None:
+        if buffer is not None and not handed:
             _buffers.give(buffer)
     return ChunksStored(received=received, stored=stored)
 
@@ -323,7 +329,7 @@ async def stream_manifest(
     ] = None,
 ) -> ObjectOut | Response:
     """Assemble a file from stored chunks named by a manifest streamed while the file is uploaded: the
-    body is the chunks' sha256s (32 raw bytes each), in file order, each sent once its chunk is stored.
+    body is the chunks' names (32 raw bytes each), in file order, each sent once its chunk is stored.
     The server reads and hashes the file's content as the manifest arrives, so nothing is left to read
     when it ends; it answers with the file's sha256 (checked against `oid` when given) and records that
     the repository holds it, within its owner's quota (413 `quota_exceeded`)."""

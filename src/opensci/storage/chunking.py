@@ -1,7 +1,14 @@
-"""Content-defined chunking (FastCDC 2020) and hashing, in one streaming pass.
+"""Content-defined chunking (FastCDC 2020) and the chunks' names, in one streaming pass.
 
 The parameters are fixed, not settings: chunks dedupe only against chunks cut the same way, and our
 client cuts files with the same parameters to send only what the server lacks.
+
+A chunk is named by the BLAKE3 hash of its bytes (32 bytes): a cryptographic hash, so a chunk stored
+under a name is the only content that name can stand for (dedup cannot be poisoned), and four to five
+times faster than sha256 here (AVX-512: ~4.6 GB/s a core against ~1.1), which every upload pays twice:
+the sender names each chunk, the server checks each name. Stores written before chunks were named by
+BLAKE3 hold chunks named by their sha256; those stay valid (`names` accepts either), and new content is
+stored under BLAKE3 names. Whole files keep their sha256, which is the Git LFS oid.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import threading
 from collections.abc import Iterator
 from typing import BinaryIO
 
+from blake3 import blake3
 from pyfastcdc import FastCDC
 
 MIN_SIZE = 16 * 1024
@@ -20,24 +28,17 @@ MAX_SIZE = 256 * 1024
 NORMALIZATION = 2  # normalized chunking level (FastCDC paper, section 3.5): sizes cluster near AVG_SIZE
 READ_BLOCK = 4 * 1024 * 1024
 
-Chunk = tuple[bytes, memoryview]  # (sha256 of the bytes, the bytes)
-
-# hashlib lets other threads run while it hashes 2 KiB or more, and must then win the GIL back: a thread
-# hashing 64 KiB chunks one by one next to a busy thread (the event loop receiving an upload) waits up
-# to the switch interval (5 ms) after each 30 µs hash. Fed in pieces below that size, hashlib keeps the
-# GIL: the thread is time-sliced fairly instead, at 92 % of hashlib's speed.
-GIL_PIECE = 2040
+Chunk = tuple[bytes, memoryview]  # (the chunk's name, its bytes)
 
 
-def chunk_sha256(data: bytes | memoryview) -> bytes:
-    """sha256 of one chunk, computed without letting go of the GIL (see GIL_PIECE)."""
-    view = memoryview(data).cast("B")
-    if len(view) <= GIL_PIECE:
-        return hashlib.sha256(view).digest()
-    h = hashlib.sha256()
-    for i in range(0, len(view), GIL_PIECE):
-        h.update(view[i : i + GIL_PIECE])
-    return h.digest()
+def chunk_id(data: bytes | memoryview) -> bytes:
+    """The name of a chunk: the BLAKE3 hash of its bytes."""
+    return blake3(data).digest()
+
+
+def names(digest: bytes, data: bytes | memoryview) -> bool:
+    """Whether `digest` names these bytes: their BLAKE3, or their sha256 (chunks stored before BLAKE3)."""
+    return blake3(data).digest() == digest or hashlib.sha256(data).digest() == digest
 
 
 def new_chunker() -> FastCDC:
@@ -135,7 +136,7 @@ class ChunkedStream:
                         carry = buf[ch.offset :]
                         break
                     data = view[ch.offset : ch.offset + ch.length]
-                    out.append((chunk_sha256(data), data))
+                    out.append((chunk_id(data), data))
                 if out:
                     yield out
                 if eof:

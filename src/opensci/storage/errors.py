@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from opensci.errors import InvalidInput, NotFound, OpenSciError
+from opensci.errors import Conflict, InvalidInput, NotFound, OpenSciError
 
 
 class DigestMismatch(InvalidInput):
@@ -15,6 +15,16 @@ class MissingChunks(InvalidInput):
     """A manifest names chunks the store does not hold; send them (`missing` lists their hashes)."""
 
     code = "missing_chunks"
+
+    def __init__(self, message: str, missing: list[str]) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+
+class ChunksGone(Conflict):
+    """Chunks an object was being made of were collected or quarantined meanwhile (`missing` lists them)."""
+
+    code = "upload_expired"
 
     def __init__(self, message: str, missing: list[str]) -> None:
         super().__init__(message)

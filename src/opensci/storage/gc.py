@@ -96,7 +96,7 @@ def gc(
             if not (dry_run and oid in doomed_oids):
                 live.update(manifest_digests(manifest))
         candidates = session.execute(
-            select(StorageChunk.sha256, StorageChunk.pack_id, StorageChunk.length).where(
+            select(StorageChunk.digest, StorageChunk.pack_id, StorageChunk.length).where(
                 StorageChunk.touched_at < cutoff
             )
         ).all()
@@ -113,8 +113,8 @@ def gc(
             with store.db.session() as session:
                 gone = session.scalars(
                     delete(StorageChunk)
-                    .where(StorageChunk.sha256.in_(part), StorageChunk.touched_at < cutoff)
-                    .returning(StorageChunk.sha256)
+                    .where(StorageChunk.digest.in_(part), StorageChunk.touched_at < cutoff)
+                    .returning(StorageChunk.digest)
                 ).all()
                 session.commit()
             report.chunks_deleted += len(gone)
@@ -218,12 +218,12 @@ def _compact(store: BlobStore, pack_id: str, fd: int, report: GcReport) -> int |
     old pack. Returns the bytes written, or None if the pack was left as it was."""
     with store.db.session() as session:
         rows = session.execute(
-            select(StorageChunk.sha256, StorageChunk.offset, StorageChunk.length)
+            select(StorageChunk.digest, StorageChunk.offset, StorageChunk.length)
             .where(StorageChunk.pack_id == pack_id)
             .order_by(StorageChunk.offset)
         ).all()
     writer = store._acquire_writer()
-    moves: list[tuple[bytes, int, str, int]] = []  # (sha256, old offset, new pack, new offset)
+    moves: list[tuple[bytes, int, str, int]] = []  # (digest, old offset, new pack, new offset)
     written = PACK_HEADER.size if writer.empty else 0  # bytes added to disk, new pack headers included
     ok = False
     try:
@@ -279,7 +279,7 @@ def _repoint(
             session.execute(
                 update(table)
                 .where(
-                    table.c.sha256 == bindparam("d"),
+                    table.c.digest == bindparam("d"),
                     table.c.pack_id == old_pack,
                     table.c.offset == bindparam("o"),
                 )
@@ -296,7 +296,7 @@ def _mark_damaged(store: BlobStore, digest: bytes, pack_id: str, offset: int) ->
         session.execute(
             update(StorageChunk)
             .where(
-                StorageChunk.sha256 == digest, StorageChunk.pack_id == pack_id, StorageChunk.offset == offset
+                StorageChunk.digest == digest, StorageChunk.pack_id == pack_id, StorageChunk.offset == offset
             )
             .values(damaged=True)
         )

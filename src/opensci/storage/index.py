@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from opensci.errors import InvalidInput
 from opensci.storage.models import ObjectState, StorageChunk, StorageObject, StoragePack
 
-ENTRY = struct.Struct(">32sI")  # one manifest entry: chunk sha256, chunk length
+ENTRY = struct.Struct(">32sI")  # one manifest entry: chunk digest, chunk length
 BATCH = 500  # hashes per IN (...) list
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -44,13 +44,18 @@ def check_oid(value: str) -> str:
 
 
 def chunk_digest(value: str | bytes) -> bytes:
-    """A chunk hash given as 32 raw bytes or 64 hex digits → 32 raw bytes."""
+    """A chunk's name (digest) given as 32 raw bytes or 64 hex digits → 32 raw bytes."""
     if isinstance(value, bytes | bytearray | memoryview):
         raw = bytes(value)
         if len(raw) != 32:
-            raise InvalidInput(f"a chunk hash is 32 bytes, not {len(raw)}", code="invalid_chunk_hash")
+            raise InvalidInput(f"a chunk's name is 32 bytes, not {len(raw)}", code="invalid_chunk_hash")
         return raw
-    return bytes.fromhex(check_oid(value))
+    text = value.strip().lower() if isinstance(value, str) else ""
+    if not _HEX64.match(text):
+        raise InvalidInput(
+            f"{value!r} is not a chunk's name (its BLAKE3: 64 hexadecimal digits)", code="invalid_chunk_hash"
+        )
+    return bytes.fromhex(text)
 
 
 def encode_manifest(entries: Iterable[tuple[bytes, int]]) -> bytes:
@@ -125,8 +130,8 @@ def touch_chunks(session: Session, digests: Sequence[bytes], now: datetime) -> s
     for part in batched(sorted(set(digests))):
         sql = _sql(
             dialect,
-            "UPDATE storage_chunks SET touched_at = ? WHERE damaged = ? AND sha256 "
-            f"{_in_list(dialect, len(part))} RETURNING sha256",
+            "UPDATE storage_chunks SET touched_at = ? WHERE damaged = ? AND digest "
+            f"{_in_list(dialect, len(part))} RETURNING digest",
         )
         rows = conn.exec_driver_sql(sql, (when, False, *_in_params(dialect, part)))
         found.update(bytes(r[0]) for r in rows)
@@ -136,8 +141,8 @@ def touch_chunks(session: Session, digests: Sequence[bytes], now: datetime) -> s
 ChunkRow = tuple[bytes, str, int, int] | tuple[bytes, str, int, int, bytes | None]
 
 _INSERT = (
-    'INSERT INTO storage_chunks (sha256, pack_id, "offset", length, damaged, "check", created_at, '
-    "touched_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sha256) DO UPDATE SET "
+    'INSERT INTO storage_chunks (digest, pack_id, "offset", length, damaged, "check", created_at, '
+    "touched_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (digest) DO UPDATE SET "
     'pack_id = excluded.pack_id, "offset" = excluded."offset", length = excluded.length, '
     '"check" = excluded."check", damaged = excluded.damaged, touched_at = excluded.touched_at '
     "WHERE storage_chunks.damaged = ?"
@@ -145,7 +150,7 @@ _INSERT = (
 
 
 def insert_chunks(session: Session, rows: Sequence[ChunkRow], now: datetime) -> None:
-    """Index newly written chunks (sha256, pack, offset, length[, xxh3 check]). An existing healthy entry
+    """Index newly written chunks (digest, pack, offset, length[, xxh3 check]). An existing healthy entry
     wins (the new copy becomes dead space); a damaged entry is repaired to point at the new copy."""
     if not rows:
         return
@@ -161,13 +166,13 @@ def insert_chunks(session: Session, rows: Sequence[ChunkRow], now: datetime) -> 
 
 
 def _select(session: Session, columns: str, where: str, digests: Sequence[bytes], n: int) -> Iterator[Any]:
-    """Rows of `SELECT columns FROM storage_chunks WHERE where AND sha256 IN digests`, `n` hashes per
+    """Rows of `SELECT columns FROM storage_chunks WHERE where AND digest IN digests`, `n` hashes per
     statement, straight from the DB-API cursor (this runs for every read and every upload)."""
     dialect = _dialect(session)
     cursor = session.connection().connection.cursor()
     try:
         for part in batched(list(set(digests)), n):
-            sql = f"SELECT {columns} FROM storage_chunks WHERE {where} sha256 {_in_list(dialect, len(part))}"
+            sql = f"SELECT {columns} FROM storage_chunks WHERE {where} digest {_in_list(dialect, len(part))}"
             cursor.execute(_sql(dialect, sql), tuple(_in_params(dialect, part)))
             yield from cursor.fetchall()
     finally:
@@ -179,14 +184,14 @@ def locate(session: Session, digests: Sequence[bytes]) -> dict[bytes, Location]:
     return {
         bytes(d): Location(p, o, n, bool(bad), None if check is None else bytes(check))
         for d, p, o, n, bad, check in _select(
-            session, 'sha256, pack_id, "offset", length, damaged, "check"', "", digests, 256
+            session, 'digest, pack_id, "offset", length, damaged, "check"', "", digests, 256
         )
     }
 
 
 def present_chunks(session: Session, digests: Sequence[bytes]) -> set[bytes]:
     """Which of these chunks the index holds healthy (a read: nothing is touched)."""
-    return {bytes(r[0]) for r in _select(session, "sha256", "damaged = false AND", digests, BATCH)}
+    return {bytes(r[0]) for r in _select(session, "digest", "damaged = false AND", digests, BATCH)}
 
 
 def upsert_object(session: Session, oid: str, size: int, manifest: bytes, now: datetime) -> None:

@@ -70,7 +70,7 @@ def _set_chunk_flag(store: BlobStore, digest: bytes, loc: Location, damaged: boo
         n = session.execute(
             update(StorageChunk)
             .where(
-                StorageChunk.sha256 == digest,
+                StorageChunk.digest == digest,
                 StorageChunk.pack_id == loc.pack_id,
                 StorageChunk.offset == loc.offset,
             )
@@ -158,7 +158,7 @@ def verify(store: BlobStore) -> VerifyReport:
                 (bytes(d), o, n, bad)
                 for d, o, n, bad in session.execute(
                     select(
-                        StorageChunk.sha256, StorageChunk.offset, StorageChunk.length, StorageChunk.damaged
+                        StorageChunk.digest, StorageChunk.offset, StorageChunk.length, StorageChunk.damaged
                     )
                     .where(StorageChunk.pack_id == pack_id)
                     .order_by(StorageChunk.offset)
@@ -202,7 +202,7 @@ def verify(store: BlobStore) -> VerifyReport:
                 if session.scalar(select(func.count()).where(StorageChunk.pack_id == pack_id)):
                     report.missing_packs.append(pack_id)
     with store.db.session() as session:
-        bad = session.scalars(select(StorageChunk.sha256).where(StorageChunk.damaged.is_(True))).all()
+        bad = session.scalars(select(StorageChunk.digest).where(StorageChunk.damaged.is_(True))).all()
     report.damaged_chunks = len(bad)
     report.damaged_chunk_examples = [bytes(d).hex() for d in bad[:EXAMPLES]]
     report.objects, report.damaged_objects, report.repaired_objects, report.damaged_object_examples = (
@@ -240,8 +240,8 @@ def reindex(store: BlobStore) -> ReindexReport:
                 end = os.fstat(fd).st_size
             for rec in scan_pack(path, end):
                 report.records += 1
-                valid[(pack_id, rec.offset)] = rec.sha256
-                found.setdefault(rec.sha256, Location(pack_id, rec.offset, rec.length))
+                valid[(pack_id, rec.offset)] = rec.digest
+                found.setdefault(rec.digest, Location(pack_id, rec.offset, rec.length))
             scanned[pack_id] = end
             report.packs += 1
             if fd is not None:
@@ -263,7 +263,7 @@ def reindex(store: BlobStore) -> ReindexReport:
     with store.db.session() as session:
         rows = session.execute(
             select(
-                StorageChunk.sha256,
+                StorageChunk.digest,
                 StorageChunk.pack_id,
                 StorageChunk.offset,
                 StorageChunk.length,
@@ -286,7 +286,7 @@ def reindex(store: BlobStore) -> ReindexReport:
         copy = found.get(digest)
         with store.db.session() as session:
             stmt = update(StorageChunk).where(
-                StorageChunk.sha256 == digest, StorageChunk.pack_id == pack_id, StorageChunk.offset == offset
+                StorageChunk.digest == digest, StorageChunk.pack_id == pack_id, StorageChunk.offset == offset
             )
             if copy is not None:
                 n = session.execute(

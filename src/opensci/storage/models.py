@@ -41,14 +41,15 @@ class StorageChunk(Base):
 
     __tablename__ = "storage_chunks"
 
-    sha256: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    # The chunk's name: the BLAKE3 of its bytes (the sha256 for chunks stored before BLAKE3 names).
+    digest: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
     pack_id: Mapped[str] = mapped_column(ForeignKey("storage_packs.id", ondelete="RESTRICT"), index=True)
     offset: Mapped[int] = mapped_column(BigInteger)  # of the record (header first) in the pack
     length: Mapped[int] = mapped_column(Integer)  # of the chunk's bytes
     damaged: Mapped[bool] = mapped_column(Boolean, default=False)
-    # xxh3-64 of the chunk's bytes: the fast check every read makes (~14 GB/s a core, where sha256 runs
-    # at ~1 GB/s). sha256 is checked when a chunk is written and by the scrub. Null for chunks indexed
-    # by `reindex`: reads check those with sha256.
+    # xxh3-64 of the chunk's bytes: the fast check every read makes (~14 GB/s a core). The name is
+    # checked when a chunk is written and by the scrub. Null for chunks indexed by `reindex`: reads
+    # check those against their name.
     check: Mapped[bytes | None] = mapped_column(LargeBinary(8), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Last time an upload or a manifest relied on this chunk: garbage collection spares chunks
@@ -64,7 +65,7 @@ class StorageObject(Base):
     oid: Mapped[str] = mapped_column(String(64), primary_key=True)
     size: Mapped[int] = mapped_column(BigInteger)
     chunk_count: Mapped[int] = mapped_column(Integer)
-    # Concatenated entries of 36 bytes: the chunk's sha256, then its length (4 bytes, big-endian).
+    # Concatenated entries of 36 bytes: the chunk's name (digest), then its length (4 bytes, big-endian).
     manifest: Mapped[bytes] = mapped_column(LargeBinary)
     state: Mapped[ObjectState] = mapped_column(String(8), default=ObjectState.ok)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

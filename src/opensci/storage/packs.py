@@ -2,11 +2,12 @@
 
 A pack starts with a 16-byte header (`OSCIPACK`, format version, reserved) and holds records:
 
-    b"OSCK" | length (4 bytes, big-endian) | sha256 of the bytes (32) | the chunk's bytes
+    b"OSCK" | length (4 bytes, big-endian) | the chunk's name (32) | the chunk's bytes
 
 so the chunk index can always be rebuilt by scanning the packs, and any record can be checked against
-its own hash. A writer holds an exclusive `flock` on its pack for as long as it may append to it; the
-lock dies with the process, which is how maintenance tells an abandoned pack from one in use.
+its own name (the BLAKE3 of its bytes, or their sha256 in stores written before: `chunking.names`).
+A writer holds an exclusive `flock` on its pack for as long as it may append to it; the lock dies with
+the process, which is how maintenance tells an abandoned pack from one in use.
 Durability order: bytes are appended, the file is fsynced, and only then does the database learn
 where they are. Bytes past the last fsync belong to nobody and are cut off when a write fails.
 
@@ -24,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import mmap
 import os
 import struct
@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from xxhash import xxh3_64_digest
+
+from opensci.storage.chunking import names
 
 PACK_MAGIC = b"OSCIPACK"
 PACK_VERSION = 1
@@ -83,31 +85,31 @@ def try_lock_path(path: Path) -> int | None:
     return None
 
 
-def record_header(sha256: bytes, length: int) -> bytes:
-    return RECORD_HEADER.pack(RECORD_MAGIC, length, sha256)
+def record_header(name: bytes, length: int) -> bytes:
+    return RECORD_HEADER.pack(RECORD_MAGIC, length, name)
 
 
 def check_chunk(
     header: bytes | memoryview,
     data: memoryview,
-    sha256: bytes,
+    name: bytes,
     *,
     verify: bool = True,
     fast: bytes | None = None,
 ) -> str | None:
     """Why a record (its header and the chunk's bytes) is not the stored copy of this chunk; None if it is.
     With `verify`, the bytes are checked against `fast` (their xxh3-64, from the index) when given,
-    else against the sha256."""
+    else against the chunk's name."""
     if len(header) != HEADER:
         return "the record is cut short"
     magic, n, digest = RECORD_HEADER.unpack(header)
-    if magic != RECORD_MAGIC or n != len(data) or digest != sha256:
+    if magic != RECORD_MAGIC or n != len(data) or digest != name:
         return "the record header does not name this chunk"
     if verify and fast is not None:
         if xxh3_64_digest(data) != fast:
             return "the chunk's bytes do not match their checksum"
-    elif verify and hashlib.sha256(data).digest() != sha256:
-        return "the chunk's bytes do not match its sha256"
+    elif verify and not names(name, data):
+        return "the chunk's bytes do not match its name"
     return None
 
 
@@ -146,7 +148,7 @@ RowT = TypeVar("RowT", bound=tuple[Any, ...])
 
 
 def contiguous_runs(rows: Sequence[RowT], max_bytes: int = 8 * 1024 * 1024) -> Iterator[list[RowT]]:
-    """Group index rows `(sha256, offset, length, ...)`, sorted by offset, into runs of records that
+    """Group index rows `(name, offset, length, ...)`, sorted by offset, into runs of records that
     follow each other in the pack, for one `read_chunks` each."""
     run: list[RowT] = []
     nbytes = 0
@@ -236,7 +238,7 @@ class PackWriter:
         return n
 
     def append(self, chunks: Sequence[tuple[bytes, memoryview | bytes]]) -> list[int]:
-        """Write records for (sha256, data) pairs in one system call; returns each record's offset."""
+        """Write records for (name, data) pairs in one system call; returns each record's offset."""
         buffers: list[bytes | memoryview] = []
         offsets: list[int] = []
         pos = self.offset
@@ -365,7 +367,7 @@ def _pwrite_direct(fd: int, block: memoryview, offset: int) -> None:
 @dataclass(frozen=True)
 class ScannedRecord:
     offset: int
-    sha256: bytes
+    digest: bytes
     length: int
 
 
@@ -414,7 +416,7 @@ def scan_pack(path: Path, end: int | None = None) -> Iterator[ScannedRecord]:
             magic, length, digest = RECORD_HEADER.unpack(head)
             if magic == RECORD_MAGIC and length <= MAX_CHUNK and pos + HEADER + length <= win.size:
                 data = win.get(pos + HEADER, length)
-                if len(data) == length and hashlib.sha256(data).digest() == digest:
+                if len(data) == length and names(digest, data):
                     yield ScannedRecord(pos, bytes(digest), length)
                     pos += HEADER + length
                     continue

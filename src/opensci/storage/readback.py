@@ -5,7 +5,7 @@ with other files) and must check the sha256 of their concatenation. That pass re
 and never again, so it reads around the page cache where the filesystem allows it (`O_DIRECT`, setting
 `storage_direct_io`): bytes go from the disk into two reused aligned buffers, one filled on a worker
 thread while the other is hashed, with no copy and no cache pages to allocate. Every chunk is checked
-against its record header and its xxh3-64 (its sha256 when the index has no xxh3), as BlobReader does;
+against its record header and its xxh3-64 (its name when the index has no xxh3), as BlobReader does;
 damage quarantines the chunk and raises ObjectDamaged, never a wrong verdict about the client's oid.
 """
 
@@ -129,7 +129,7 @@ class ContentReader:
         self.store = store
         self.oid = oid  # the object being checked, when known: marked damaged with a damaged chunk
         self.size = 0
-        self.entries: list[tuple[bytes, int]] = []  # the manifest so far: (chunk sha256, length)
+        self.entries: list[tuple[bytes, int]] = []  # the manifest so far: (chunk name, length)
         self.missing: dict[bytes, None] = {}
         self._whole = hashlib.sha256()
         self._packs = _Packs(store)
@@ -147,7 +147,53 @@ class ContentReader:
 
     def feed(self, digests: Sequence[bytes], locations: dict[bytes, Location] | None = None) -> None:
         """The next chunks of the manifest (located here unless `locations` is given). ObjectDamaged
-        for a chunk that fails its check. Chunks that compaction moved meanwhile are located again."""
+        for a chunk that fails its check. Chunks still in memory from their upload moments ago (see
+        `recent`) are hashed from there; the others are read from the packs."""
+        if locations is not None or self.missing:
+            self._feed_packs(digests, locations)
+            return
+        recent = self.store.recent
+        while digests:
+            done = self._from_memory(digests)
+            rest = digests[done:]
+            if not rest:
+                return
+            stop = next((i for i, d in enumerate(rest) if i and recent.has(d)), len(rest))
+            self._feed_packs(rest[:stop])
+            digests = rest[stop:]
+            if self.missing:  # nothing more is hashed; the rest is looked at for what else is missing
+                self._feed_packs(digests)
+                return
+
+    def _from_memory(self, digests: Sequence[bytes]) -> int:
+        """Hash the leading chunks of `digests` that are in memory; returns how many."""
+        if self._joined is None:
+            self._joined = bytearray(SPAN_BYTES)
+        view = memoryview(self._joined)
+        recent = self.store.recent
+        at = done = 0
+        try:
+            for d in digests:
+                n = recent.take(d, view[at:])
+                if n is None and at:
+                    self._whole.update(view[:at])  # one call per span (see _check_and_hash)
+                    at = 0
+                    n = recent.take(d, view)
+                if n is None:
+                    break
+                self.entries.append((d, n))
+                self.size += n
+                at += n
+                done += 1
+            if at:
+                self._whole.update(view[:at])
+        finally:
+            view.release()
+        return done
+
+    def _feed_packs(self, digests: Sequence[bytes], locations: dict[bytes, Location] | None = None) -> None:
+        """Read the chunks from the packs, check and hash them. Chunks that compaction moved meanwhile are
+        located again."""
         for attempt in range(2):
             if locations is None:
                 locations = self.store._locate(digests)
@@ -211,7 +257,8 @@ class ContentReader:
 
     def _check_and_hash(self, span: _Span, data: memoryview) -> None:
         """Check each chunk of a span, gather their bytes, and hash them in one call: hashlib then lets
-        go of the GIL once per span, not once per chunk (see `chunking.GIL_PIECE`)."""
+        go of the GIL once per span, not once per chunk (a thread that gives the GIL up waits for it
+        again up to the switch interval, 5 ms, while another thread runs Python)."""
         need = sum(loc.length for loc in span.locations)
         if self._joined is None or len(self._joined) < need:
             self._joined = bytearray(max(SPAN_BYTES, need))

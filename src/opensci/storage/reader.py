@@ -1,8 +1,8 @@
 """Reading an object: a seekable binary file over its chunks, checking each chunk as it is read.
 
 Chunks that sit one after the other in the same pack (the usual case: a file written in one upload)
-are read with one `pread` of up to SPAN_BYTES, then each is checked against its sha256. The last span
-read is kept, so small sequential reads cost no extra I/O or hashing.
+are read with one `pread` of up to SPAN_BYTES, then each is checked (its xxh3-64, else its name). The
+last span read is kept, so small sequential reads cost no extra I/O or hashing.
 """
 
 from __future__ import annotations

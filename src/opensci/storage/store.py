@@ -28,16 +28,17 @@ from xxhash import xxh3_64_digest
 
 from opensci.db import Database
 from opensci.db.base import utcnow
-from opensci.errors import Conflict, InvalidInput, OpenSciError
+from opensci.errors import InvalidInput, OpenSciError
 from opensci.settings import Settings
 from opensci.storage import index
-from opensci.storage.chunking import Chunk, ChunkedStream, chunk_sha256
-from opensci.storage.errors import DigestMismatch, MissingChunks, ObjectDamaged, ObjectNotFound
+from opensci.storage.chunking import Chunk, ChunkedStream, chunk_id
+from opensci.storage.errors import ChunksGone, DigestMismatch, MissingChunks, ObjectDamaged, ObjectNotFound
 from opensci.storage.index import ENTRY, check_oid, chunk_digest, encode_manifest
 from opensci.storage.models import ObjectState, StorageChunk, StorageObject, StoragePack
 from opensci.storage.packs import MAX_CHUNK, PackWriter
 from opensci.storage.readback import ContentReader
 from opensci.storage.reader import BlobReader
+from opensci.storage.recent import RecentChunks
 
 if TYPE_CHECKING:
     from opensci.storage.gc import GcReport
@@ -156,6 +157,7 @@ class BlobStore:
         self.direct_io = settings.storage_direct_io
         self._idle: list[PackWriter] = []
         self._lock = threading.Lock()
+        self.recent = RecentChunks()  # chunks just stored, for the manifest that follows them
 
     # --- transactions -------------------------------------------------------------------------------------
 
@@ -227,6 +229,7 @@ class BlobStore:
 
     def close(self) -> None:
         """Seal the packs this store holds open. The store stays usable (it opens new packs)."""
+        self.recent.clear()
         with self._lock:
             idle, self._idle = self._idle, []
         for writer in idle:
@@ -297,10 +300,10 @@ class BlobStore:
         present = index.touch_chunks(session, list(digests), now)
         if len(present) != len(digests):
             missing = sorted(d.hex() for d in digests - present)
-            raise Conflict(
+            raise ChunksGone(
                 f"{len(missing)} chunks of {oid} were collected or found damaged during the upload; "
                 "upload it again",
-                code="upload_expired",
+                missing,
             )
         index.upsert_object(session, oid, size, manifest, now)
 
@@ -311,13 +314,33 @@ class BlobStore:
         present = self._touch(list(set(wanted.values())))
         return {h for h, d in wanted.items() if d not in present}
 
-    def put_chunk(self, sha256: str | bytes, data: bytes) -> bool:
-        """Store one chunk, checked against its hash; returns False if it was already stored."""
-        return self.put_chunks([(sha256, data)]) == 1
+    def put_chunk(self, name: str | bytes, data: bytes) -> bool:
+        """Store one chunk, checked against its name; returns False if it was already stored."""
+        return self.put_chunks([(name, data)]) == 1
 
-    def put_chunks(self, chunks: Iterable[tuple[str | bytes, bytes]]) -> int:
-        """Store chunks (hash, bytes), each checked against its sha256 before anything is written, with one
-        fsync for all; returns how many were new."""
+    def put_chunks(
+        self,
+        chunks: Iterable[tuple[str | bytes, bytes | memoryview]],
+        *,
+        release: Callable[[], None] | None = None,
+    ) -> int:
+        """Store chunks (name, bytes), each checked against its name (the BLAKE3 of its bytes) before
+        anything is written, with one fsync for all; returns how many were new.
+
+        With `release`, the chunks are views of a buffer the caller hands over: the new ones stay in
+        memory a little while for the manifest that names them next (see `recent`), and `release` is
+        called once the buffer may be reused (perhaps before this returns)."""
+        try:
+            new = self._put_chunks(chunks)
+        except BaseException:
+            if release is not None:
+                release()
+            raise
+        if release is not None:
+            self.recent.keep(new, release)
+        return len(new)
+
+    def _put_chunks(self, chunks: Iterable[tuple[str | bytes, bytes | memoryview]]) -> list[Chunk]:
         checked: dict[bytes, memoryview] = {}
         for h, data in chunks:
             digest = chunk_digest(h)
@@ -326,14 +349,16 @@ class BlobStore:
                 raise InvalidInput(
                     f"a chunk holds 1 to {MAX_CHUNK} bytes, not {len(view)}", code="invalid_chunk_size"
                 )
-            actual = chunk_sha256(view)
+            actual = chunk_id(view)
             if actual != digest:
                 raise DigestMismatch(
-                    f"chunk {digest.hex()} has the sha256 {actual.hex()}; nothing was stored"
+                    f"chunk {digest.hex()} has the BLAKE3 hash {actual.hex()}; nothing was stored (chunks "
+                    "are named by the BLAKE3 of their bytes: an SDK that names them by sha256 is too old "
+                    "for this server)"
                 )
             checked[digest] = view
         if not checked:
-            return 0
+            return []
         # A read, not a touch: these were just reported missing to the sender (a chunk found here was
         # stored by a concurrent upload moments ago), and the manifest that uses them touches them all.
         with self.db.session() as session:
@@ -348,7 +373,7 @@ class BlobStore:
                 ok = True
             finally:
                 lease.release(ok)
-        return len(new)
+        return new
 
     def commit_manifest(self, oid: str, size: int, chunk_hashes: Sequence[str | bytes]) -> ObjectInfo:
         """Make an object of stored chunks: every chunk must be present and healthy (else MissingChunks
@@ -367,7 +392,7 @@ class BlobStore:
                 f"the chunks add up to {total} bytes, not the announced {size}", code="size_mismatch"
             )
         with self.content_reader(oid) as reader:
-            reader.feed(digests, locations)
+            reader.feed(digests)  # chunks still in memory from their upload are hashed from there
             return self.commit_read(reader, size, oid)
 
     def content_reader(self, oid: str = "") -> ContentReader:
@@ -392,7 +417,12 @@ class BlobStore:
         if expected_oid is not None and oid != expected_oid:
             raise DigestMismatch(f"the chunks' content has the sha256 {oid}, not {expected_oid}")
         manifest = encode_manifest(reader.entries)
-        self._transaction(lambda session: self._commit_object(session, utcnow(), oid, size, manifest))
+        try:
+            self._transaction(lambda session: self._commit_object(session, utcnow(), oid, size, manifest))
+        except ChunksGone as exc:  # chunks collected or quarantined since they were read: send them again
+            raise MissingChunks(
+                exc.message.replace("upload it again", "send them again"), exc.missing
+            ) from None
         return self.stat(oid)
 
     # --- reading ----------------------------------------------------------------------------------------
@@ -494,7 +524,7 @@ class BlobStore:
                 session.execute(
                     update(StorageChunk)
                     .where(
-                        StorageChunk.sha256 == digest,
+                        StorageChunk.digest == digest,
                         StorageChunk.pack_id == location.pack_id,
                         StorageChunk.offset == location.offset,
                     )
