@@ -15,7 +15,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from opensci.compute.models import Job
 from opensci.compute.scheduler import HOST, Scheduler
@@ -218,3 +218,119 @@ def test_logs_follow_live_over_server_sent_events(http: httpx.Client, alice: Acc
     assert rest.content == full.encode()[half:]
     assert rest.headers["x-log-next-offset"] == str(len(full.encode()))
     assert rest.headers["x-job-status"] == "succeeded"
+
+
+# --- candidate selection, driven directly: one `_dispatch` with nothing started ------------------------
+
+
+@pytest.fixture
+def dispatcher(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> Scheduler:
+    """The app's scheduler, not started; a dispatch claims jobs but starts nothing."""
+    scheduler = app.state.scheduler
+    monkeypatch.setattr(scheduler, "_start", lambda job_id: None)
+    return scheduler
+
+
+def enqueue(
+    app: FastAPI, who: Account, count: int, *, priority: int = 0, cpus: int = 1, status: str = "queued"
+) -> list[int]:
+    """`count` jobs of `who` straight into the table (what a submission would leave there)."""
+    with app.state.db.session() as s:
+        jobs = [
+            Job(
+                submitter_id=who.user.id,
+                status=status,
+                phase="waiting" if status == "queued" else "executing",
+                priority=priority,
+                spec={},
+                resolved={},
+                executor="local",
+                cpus=cpus,
+                memory_bytes=2**20,
+                time_limit=60,
+                host=HOST if status == "running" else None,
+                claimed_by="elsewhere" if status == "running" else None,
+                environment={},
+                usage={},
+            )
+            for _ in range(count)
+        ]
+        s.add_all(jobs)
+        s.commit()
+        return [j.id for j in jobs]
+
+
+def running_ids(app: FastAPI) -> set[int]:
+    with app.state.db.session() as s:
+        return set(s.scalars(select(Job.id).where(Job.status == "running")))
+
+
+def test_a_long_queue_of_one_user_hides_no_other_users_job(
+    app: FastAPI, dispatcher: Scheduler, make_user: Callable[..., Account], bob: Account
+) -> None:
+    """The QA repro: per-user limit 1, two CPUs, 205 jobs of one user queued before bob's one. Bob's job
+    starts at once, beside the first of the long queue, and no CPU is left idle."""
+    app.state.settings.compute_local_cpus = 2
+    app.state.settings.compute_max_running_per_user = 1
+    admin = make_user("admin", admin=True)
+    backlog = enqueue(app, admin, 205)
+    (theirs,) = enqueue(app, bob, 1)
+    dispatcher._dispatch()
+    assert running_ids(app) == {backlog[0], theirs}
+    dispatcher._dispatch()  # both at their limit: nothing more
+    assert running_ids(app) == {backlog[0], theirs}
+
+
+def test_fair_share_reaches_past_a_long_queue(
+    app: FastAPI, dispatcher: Scheduler, make_user: Callable[..., Account], bob: Account
+) -> None:
+    """No per-user limit: with one CPU free, the user with fewer running jobs goes first, however many
+    jobs the busier one has queued before."""
+    app.state.settings.compute_local_cpus = 2
+    app.state.settings.compute_max_running_per_user = 0
+    admin = make_user("admin", admin=True)
+    (busy,) = enqueue(app, admin, 1, status="running")
+    enqueue(app, admin, 205)
+    (theirs,) = enqueue(app, bob, 1)
+    dispatcher._dispatch()
+    assert running_ids(app) == {busy, theirs}
+
+
+def test_a_job_that_fits_is_found_behind_hundreds_that_do_not(
+    app: FastAPI, dispatcher: Scheduler, make_user: Callable[..., Account]
+) -> None:
+    """One CPU free and 250 queued jobs that need two: the small job queued after them starts."""
+    app.state.settings.compute_local_cpus = 2
+    app.state.settings.compute_max_running_per_user = 0
+    admin = make_user("admin", admin=True)
+    (busy,) = enqueue(app, admin, 1, status="running")
+    enqueue(app, admin, 250, cpus=2)
+    (small,) = enqueue(app, admin, 1)
+    dispatcher._dispatch()
+    assert running_ids(app) == {busy, small}
+
+
+def test_priority_then_fair_share_then_age_with_the_per_user_limit(
+    app: FastAPI, dispatcher: Scheduler, make_user: Callable[..., Account], alice: Account, bob: Account
+) -> None:
+    """Five CPUs, two jobs per user, root's long queue first. Root's urgent job goes first; then alice's
+    and bob's oldest (they run nothing yet); then, all running one, the oldest jobs: root's, then
+    alice's, and the CPUs are all taken."""
+    app.state.settings.compute_local_cpus = 5
+    app.state.settings.compute_max_running_per_user = 2
+    root = make_user("root", admin=True)
+    backlog = enqueue(app, root, 300)
+    urgent = enqueue(app, root, 1, priority=10)
+    mine = enqueue(app, alice, 3)
+    theirs = enqueue(app, bob, 3)
+    dispatcher._dispatch()
+    assert running_ids(app) == {*urgent, backlog[0], *mine[:2], *theirs[:1]}
+    with app.state.db.session() as s:
+        by_user = dict(
+            s.execute(
+                select(Job.submitter_id, func.count())
+                .where(Job.status == "running")
+                .group_by(Job.submitter_id)
+            ).all()
+        )
+    assert by_user == {root.user.id: 2, alice.user.id: 2, bob.user.id: 1}

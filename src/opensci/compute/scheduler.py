@@ -7,12 +7,13 @@ at once for a scheduler of this host whose process is gone, after `compute_lease
 A job taken over while it was being prepared is queued again; one whose processes are gone without an
 exit status is queued again until `compute_max_attempts`, then failed.
 
-Claiming is safe with several schedulers on one database: candidates are read with
-`FOR UPDATE SKIP LOCKED` on PostgreSQL, and each claim is a conditional update (`WHERE status =
-'queued'`) that exactly one scheduler wins. Order: priority, then fair share (the submitter with the
-fewest running jobs, then the fewest started in the last hour, first), then age; each submitter runs
-at most `compute_max_running_per_user` jobs, and local jobs together take at most `compute_local_cpus`
-CPUs.
+Candidates are each submitter's best queued jobs (see `_candidates`), so however many jobs one
+submitter queues, the others' are weighed too. Claiming is safe with several schedulers on one
+database: candidates are read with `FOR UPDATE SKIP LOCKED` on PostgreSQL, and each claim is a
+conditional update (`WHERE status = 'queued'`) that exactly one scheduler wins. Order: priority, then
+fair share (the submitter with the fewest running jobs, then the fewest started in the last hour,
+first), then age; each submitter runs at most `compute_max_running_per_user` jobs, and local jobs
+together take at most `compute_local_cpus` CPUs.
 """
 
 from __future__ import annotations
@@ -23,13 +24,15 @@ import secrets
 import socket
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import IO, Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from opensci.accounts.models import Owner
 from opensci.compute import envs, outputs, workspace
 from opensci.compute.executors import Executor, ExecutorError, Observation, make_executor
 from opensci.compute.executors.base import read_json
@@ -44,6 +47,7 @@ from opensci.storage.store import BlobStore
 log = logging.getLogger("opensci.compute")
 HOST = socket.gethostname()
 FAIR_SHARE_WINDOW = 3600  # seconds: among equal priorities, who started fewer jobs lately goes first
+CANDIDATES_PER_USER = 200  # of one submitter's queued jobs, at most this many are weighed per dispatch
 
 
 def _claimer_gone(claimed_by: str | None) -> bool:
@@ -155,18 +159,6 @@ class Scheduler:
     def _dispatch(self) -> None:
         claimed: list[int] = []
         with self.db.session() as s:
-            candidates = list(
-                s.scalars(
-                    select(Job)
-                    .where(Job.status == JobStatus.queued)
-                    .order_by(Job.priority.desc(), Job.id)
-                    .limit(200)
-                    .with_for_update(skip_locked=True)
-                )
-            )
-            if not candidates:
-                s.rollback()
-                return
             running = dict(
                 s.execute(
                     select(Job.submitter_id, func.count())
@@ -179,6 +171,12 @@ class Scheduler:
                     Job.status == JobStatus.running, Job.executor == "local", Job.host == HOST
                 )
             )
+            free_cpus = local_cpus(self.settings) - int(used or 0)
+            per_user = self.settings.compute_max_running_per_user
+            queues = self._candidates(s, running, free_cpus, per_user)
+            if not queues:
+                s.rollback()
+                return
             recent = dict(
                 s.execute(
                     select(Job.submitter_id, func.count())
@@ -186,20 +184,23 @@ class Scheduler:
                     .group_by(Job.submitter_id)
                 ).all()
             )
-            free_cpus = local_cpus(self.settings) - int(used or 0)
-            per_user = self.settings.compute_max_running_per_user
-            while candidates:
-                job = min(
-                    candidates,
-                    key=lambda j: (
-                        -j.priority,
-                        running.get(j.submitter_id, 0),
-                        recent.get(j.submitter_id, 0),
-                        j.id,
+            while queues:
+                # The best job overall is the best of the submitters' first ones (each queue is in
+                # order, and a submitter's fair share is the same for all of its jobs).
+                who = min(
+                    queues,
+                    key=lambda u: (
+                        -queues[u][0].priority,
+                        running.get(u, 0),
+                        recent.get(u, 0),
+                        queues[u][0].id,
                     ),
                 )
-                candidates.remove(job)
-                if per_user and running.get(job.submitter_id, 0) >= per_user:
+                job = queues[who].popleft()
+                if not queues[who]:
+                    del queues[who]
+                if per_user and running.get(who, 0) >= per_user:
+                    queues.pop(who, None)  # none of its jobs may start now
                     continue
                 if job.executor == "local" and job.cpus > free_cpus:
                     continue
@@ -229,6 +230,50 @@ class Scheduler:
             with self._lock:
                 self._busy.add(job_id)
             self._pool.submit(self._start, job_id)
+
+    def _candidates(
+        self, s: Session, running: dict[str | None, int], free_cpus: int, per_user: int
+    ) -> dict[str | None, deque[Job]]:
+        """The queued jobs worth weighing now, by submitter, each submitter's in order (priority, then
+        age): of each submitter under the per-user limit, the best of the jobs that could start (another
+        executor's, or a local one that fits the free CPUs), as many as the submitter may still start.
+        However long one submitter's queue, every other submitter's best jobs are among them.
+
+        One query finds who has such jobs (a probe of the index on submitter and status per user), then
+        one per submitter under the limit reads a top-N of that submitter's queued jobs through the same
+        index: users at their limit cost one probe, however long their queues. Rows are read with
+        `FOR UPDATE SKIP LOCKED` on PostgreSQL: those another scheduler is claiming are passed over, not
+        waited for."""
+        fits = or_(Job.executor != "local", Job.cpus <= free_cpus)
+
+        def runnable(whose: Any) -> Any:
+            return exists().where(whose, Job.status == JobStatus.queued, fits)
+
+        waiting: list[str | None] = list(
+            s.scalars(select(Owner.id).where(runnable(Job.submitter_id == Owner.id)))
+        )
+        if s.scalar(select(runnable(Job.submitter_id.is_(None)))):
+            waiting.append(None)  # the jobs of deleted submitters count as one submitter's
+        queues: dict[str | None, deque[Job]] = {}
+        for who in waiting:
+            left = CANDIDATES_PER_USER
+            if per_user:
+                left = min(per_user - running.get(who, 0), CANDIDATES_PER_USER)
+            if left <= 0:
+                continue
+            theirs = Job.submitter_id.is_(None) if who is None else Job.submitter_id == who
+            jobs = s.scalars(
+                select(Job)
+                .where(Job.status == JobStatus.queued, theirs, fits)
+                # Highest priority first, written so that SQLite, which has no statistics, reads the
+                # index on (submitter, status) rather than the whole queue in priority order.
+                .order_by(-Job.priority, Job.id)
+                .limit(left)
+                .with_for_update(skip_locked=True)
+            ).all()
+            if jobs:
+                queues[who] = deque(jobs)
+        return queues
 
     # --- one job ----------------------------------------------------------------------------------------
 
