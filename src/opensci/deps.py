@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from pydantic import AfterValidator
 from sqlalchemy.orm import Session
 
 from opensci.accounts import service as accounts
@@ -20,6 +21,29 @@ from opensci.storage.store import BlobStore
 
 SESSION_COOKIE = "opensci_session"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+# Integer ids (the `id` column of a table keyed by a number) lie in 1..MAX_ROW_ID: PostgreSQL's
+# `integer`. SQLite's are wider, but one bound keeps both databases answering alike. A number outside
+# names no row, and must not reach the database driver, which fails on it (OverflowError on SQLite,
+# "integer out of range" on PostgreSQL).
+MAX_ROW_ID = 2**31 - 1
+
+
+def is_row_id(value: int) -> bool:
+    """Whether `value` can be the id of a row. A route answers an id in its path that cannot be with
+    "not found", as it does any unknown id, without asking the database."""
+    return 1 <= value <= MAX_ROW_ID
+
+
+def _id_bound(value: int | None) -> int | None:
+    if value is None or value > MAX_ROW_ID:
+        return None  # every id is smaller: no bound
+    return max(value, 0)  # no id is smaller than 1: `id < 0` selects nothing, as `id < value` would
+
+
+# A query parameter that bounds ids from above (`before=` paging: "ids smaller than this"), brought into
+# the range the database can compare with, without changing which rows it selects.
+IdBound = Annotated[int | None, AfterValidator(_id_bound)]
 
 
 def get_settings(request: Request) -> Settings:

@@ -240,7 +240,7 @@ def test_bad_flags_and_bad_job_files_queue_nothing(
     # Mistakes only the server can see: exit code 1, its message and a hint.
     (tmp_path / "nested.yaml").write_text("code: alice/adder\ncommand: x\nresources: {cpu: 2}\n")
     nested = run("job", "submit", "-f", str(tmp_path / "nested.yaml"), code=1)
-    assert "error: resources.cpu: Extra inputs are not permitted" in nested.stderr
+    assert "error: resources.cpu: unknown field (not permitted); the fields are: cpus," in nested.stderr
     missing_repo = run("job", "submit", "--code", "alice/nothing", "--", "x", code=1)
     assert "error:" in missing_repo.stderr and "hint: check OWNER/NAME" in missing_repo.stderr
     priority = run(*base, "--priority", "5", "--", "x", code=1)

@@ -6,22 +6,82 @@ from __future__ import annotations
 import asyncio
 import codecs
 import json
+import os
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from opensci.accounts.permissions import Actor
 from opensci.compute import service, workspace
-from opensci.compute.models import FINAL
-from opensci.compute.schemas import JobOut, JobSpec
-from opensci.deps import ActorDep, SessionDep, SettingsDep, StoreDep
-from opensci.errors import InvalidInput
+from opensci.compute.models import FINAL, Job
+from opensci.compute.schemas import (
+    CONTROL,
+    MAX_SPEC_BYTES,
+    REPO_NAME,
+    JobOut,
+    JobSpec,
+    parse_spec,
+    spec_error_message,
+    spec_too_large,
+)
+from opensci.deps import ActorDep, IdBound, SessionDep, SettingsDep, StoreDep, is_row_id
+from opensci.errors import InvalidInput, NotFound
 from opensci.repos import service as repos
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["compute"])
 LOG_CHUNK = 1024**2
+
+
+async def read_spec(request: Request) -> JobSpec:
+    """The body of `POST /api/v1/jobs`, read here rather than by FastAPI so that every refusal of a spec
+    (not JSON, wrong JSON types, bad values, too large) is one 422 `invalid_spec` with a plain message."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_SPEC_BYTES:
+        raise spec_too_large()  # without reading it
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_SPEC_BYTES:
+            raise spec_too_large()
+    return parse_spec(bytes(body))
+
+
+def _inline(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON schema with its `$defs` written in place (the OpenAPI document has no room for them)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return walk(
+                    {**defs[ref.removeprefix("#/$defs/")], **{k: v for k, v in node.items() if k != "$ref"}}
+                )
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)
+
+
+_SPEC_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": _inline(JobSpec.model_json_schema())}},
+    }
+}
+
+
+def _job(actor: Actor, session: Session, job_id: int) -> Job:
+    if not is_row_id(job_id):  # no job has it; the database would fail on it
+        raise NotFound(f"job {job_id} not found", code="job_not_found")
+    return service.get_job(actor, session, job_id)
 
 
 def _wake(request: Request) -> None:
@@ -30,9 +90,15 @@ def _wake(request: Request) -> None:
         scheduler.wake.set()
 
 
-@router.post("", status_code=201, response_model=JobOut)
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobOut,
+    responses={422: {"description": "`invalid_spec`: the spec is refused; the message names the field"}},
+    openapi_extra=_SPEC_BODY,
+)
 def submit_job(
-    spec: JobSpec,
+    spec: Annotated[JobSpec, Depends(read_spec)],
     request: Request,
     session: SessionDep,
     actor: ActorDep,
@@ -58,13 +124,15 @@ def list_jobs(
         str | None, Query(description="owner/name of a repository the jobs read or write.")
     ] = None,
     limit: Annotated[int, Query()] = 50,
-    before: Annotated[int | None, Query(description="Only jobs with a smaller id (next page).")] = None,
+    before: Annotated[IdBound, Query(description="Only jobs with a smaller id (next page).")] = None,
 ) -> dict[str, Any]:
+    if owner and CONTROL.search(owner):  # no name has one (and PostgreSQL refuses a NUL in text)
+        raise InvalidInput(f"owner {owner!r} is not a user name", code="invalid_name")
     target = None
     if repo:
-        repo_owner, _, repo_name = repo.partition("/")
-        if not repo_name:
+        if not REPO_NAME.match(repo):
             raise InvalidInput(f"repo {repo!r} is not owner/name", code="invalid_repo")
+        repo_owner, _, repo_name = repo.partition("/")
         target = repos.get_repo(actor, session, repo_owner, repo_name)
     jobs = service.list_jobs(
         actor, session, owner=owner, status=status, repo=target, limit=limit, before=before
@@ -77,14 +145,14 @@ def list_jobs(
 
 @router.get("/{job_id}", response_model=JobOut)
 def get_job(job_id: int, session: SessionDep, actor: ActorDep, settings: SettingsDep) -> dict[str, Any]:
-    return service.job_dict(settings, session, service.get_job(actor, session, job_id))
+    return service.job_dict(settings, session, _job(actor, session, job_id))
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
 def cancel_job(
     job_id: int, request: Request, session: SessionDep, actor: ActorDep, settings: SettingsDep
 ) -> dict[str, Any]:
-    job = service.cancel(actor, session, service.get_job(actor, session, job_id))
+    job = service.cancel(actor, session, _job(actor, session, job_id))
     _wake(request)
     return service.job_dict(settings, session, job)
 
@@ -99,7 +167,12 @@ def rerun_job(
     store: StoreDep,
 ) -> JSONResponse:
     """Run the recorded spec again at the same commits of code and inputs."""
-    job = service.rerun(actor, session, settings, store, service.get_job(actor, session, job_id))
+    try:
+        job = service.rerun(actor, session, settings, store, _job(actor, session, job_id))
+    except ValidationError as exc:  # recorded before a limit that it does not meet
+        raise InvalidInput(
+            f"job {job_id} cannot run again as recorded: {spec_error_message(exc)}", code="invalid_spec"
+        ) from None
     _wake(request)
     return JSONResponse(service.job_dict(settings, session, job), status_code=201)
 
@@ -117,7 +190,7 @@ def job_logs(
     """The job's log (stdout and stderr, and the platform's `[opensci]` lines) from byte `offset`. With
     `follow=true` (or `Accept: text/event-stream`): `log` events (`{"offset", "text"}`) as lines arrive,
     then one `end` event with the job's final status."""
-    job = service.get_job(actor, session, job_id)
+    job = _job(actor, session, job_id)
     path = workspace.job_dir(settings, job.id) / "log"
     if follow or "text/event-stream" in request.headers.get("accept", ""):
         db = request.app.state.db
@@ -139,8 +212,11 @@ def job_logs(
 
 
 def _read(path: Any, offset: int, limit: int) -> bytes:
+    """Up to `limit` bytes of the log from `offset`; nothing at or past its end (however far)."""
     try:
         with open(path, "rb") as f:
+            if offset >= os.fstat(f.fileno()).st_size:
+                return b""
             f.seek(offset)
             return f.read(limit)
     except FileNotFoundError:

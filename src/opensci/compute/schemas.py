@@ -1,36 +1,98 @@
-"""Wire shapes of the compute domain: the job spec people submit (validated strictly) and its parts."""
+"""Wire shapes of the compute domain: the job spec people submit (validated strictly) and its parts.
+
+`POST /api/v1/jobs` validates the JSON body with `parse_spec`: JSON types are not coerced (`"cpus": "2"`
+and `"network": "yes"` are refused), and every refusal is one sentence naming the field
+(`spec_error_message`). The documented string forms stay: a memory size such as `"4G"`, and the
+command as one shell line. Sizes are bounded well under what Linux lets one `exec` carry (ARG_MAX):
+the command and the environment variables are each at most 64 KiB.
+"""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from opensci.errors import InvalidInput
 
 INPUT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-REPO_NAME = re.compile(r"^[^/\s]+/[^/\s]+$")
+REPO_NAME = re.compile(r"^[^/\s\x00-\x1f\x7f]+/[^/\s\x00-\x1f\x7f]+$")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _POWERS = {"k": 1, "m": 2, "g": 3, "t": 4}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*$", re.IGNORECASE)
 
+# Linux refuses an exec whose arguments and environment together pass ARG_MAX (2 MiB by default, less
+# with a small stack limit) and any one string over 128 KiB: a spec stays far below both.
+MAX_COMMAND_BYTES = 64 * 1024  # the command's words in UTF-8, each counted with its terminating NUL
+MAX_COMMAND_WORDS = 4096
+MAX_WORD_CHARS = 10_000
+MAX_VARIABLES = 256
+MAX_VARIABLES_BYTES = 64 * 1024  # NAME=value in UTF-8, each counted with its terminating NUL
+MAX_VARIABLE_CHARS = 4096
+MAX_MEMORY = 1024**5  # 1 PiB: above any machine, and far inside the database's 64-bit column
+MAX_TIME_LIMIT = 2**31 - 1  # seconds (68 years); the column is a 32-bit integer
+MAX_SPEC_BYTES = 2 * 1024**2  # a JSON body larger than this cannot hold a valid spec
 
-def parse_size(value: int | str) -> int:
+
+def _utf8_size(text: str, what: str) -> int:
+    try:
+        return len(text.encode())
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not valid Unicode text (it holds an unpaired surrogate)") from None
+
+
+def parse_size(value: Any) -> int:
     """Bytes from an int or a string such as `512M`, `4G`, `1.5GiB`: K, M, G, T count in powers of 1024,
     with or without `i` and `B`, as Slurm's `--mem=4G` does."""
-    if isinstance(value, bool):
-        raise ValueError("memory must be a number of bytes or a size such as 4G")
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError("must be a number of bytes or a size such as 4G")
     if isinstance(value, int):
-        if value <= 0:
-            raise ValueError("memory must be positive")
-        return value
-    m = _SIZE.match(value)
-    if not m:
-        raise ValueError(f"{value!r} is not a size; write bytes or e.g. 512M, 4G")
-    number, unit = float(m.group(1)), (m.group(2) or "").lower()
-    size = int(number * 1024 ** _POWERS[unit[0]]) if unit else int(number)
+        size = value
+    else:
+        m = _SIZE.match(value)
+        if not m:
+            raise ValueError(f"{value!r} is not a size; write bytes or e.g. 512M, 4G")
+        number, unit = float(m.group(1)), (m.group(2) or "").lower()
+        size = int(number * 1024 ** _POWERS[unit[0]]) if unit else int(number)
     if size <= 0:
-        raise ValueError("memory must be positive")
+        raise ValueError("must be positive")
+    if size > MAX_MEMORY:
+        raise ValueError("at most 1024T (1 PiB)")
     return size
+
+
+def split_command(value: Any) -> list[str]:
+    """The command's words, from a list of strings or one string split like a shell does, within the
+    limits an `exec` can carry."""
+    if isinstance(value, str):
+        try:
+            words = shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"cannot split the command: {exc}") from exc
+    elif isinstance(value, list) and all(isinstance(w, str) for w in value):
+        words = value
+    else:
+        raise ValueError("must be a list of words (strings) or one shell line (a string)")
+    if not words or not words[0].strip():
+        raise ValueError("the command is empty")
+    if len(words) > MAX_COMMAND_WORDS:
+        raise ValueError(f"{len(words)} words; at most {MAX_COMMAND_WORDS} words")
+    total = 0
+    for i, word in enumerate(words):
+        if "\x00" in word:
+            raise ValueError("the command contains a NUL character")
+        if len(word) > MAX_WORD_CHARS:
+            raise ValueError(f"word {i} is longer than {MAX_WORD_CHARS} characters")
+        total += _utf8_size(word, f"word {i}") + 1
+    if total > MAX_COMMAND_BYTES:
+        raise ValueError(
+            f"{total} bytes long; at most {MAX_COMMAND_BYTES} bytes (64 KiB) in all: "
+            "pass large data in a file of the code or an input"
+        )
+    return words
 
 
 class RepoRev(BaseModel):
@@ -45,6 +107,13 @@ class RepoRev(BaseModel):
             raise ValueError(f"{v!r} is not owner/name")
         return v
 
+    @field_validator("rev")
+    @classmethod
+    def _rev(cls, v: str | None) -> str | None:
+        if v is not None and CONTROL.search(v):
+            raise ValueError(f"{v!r} is not a branch, tag or commit")
+        return v
+
 
 class OutputSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -55,25 +124,41 @@ class OutputSpec(BaseModel):
 
     _name = field_validator("repo")(RepoRev._name.__func__)  # type: ignore[attr-defined]
 
+    @field_validator("branch")
+    @classmethod
+    def _branch(cls, v: str | None) -> str | None:
+        # The service checks the rest with git's rules (which a NUL would cut short).
+        if v is not None and CONTROL.search(v):
+            raise ValueError(f"{v!r} is not a branch name")
+        return v
+
 
 class EnvSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     requirements: list[Annotated[str, Field(max_length=300)]] = Field(
         default_factory=list, max_length=200, description="pip requirements (wheels only)"
     )
-    variables: dict[str, Annotated[str, Field(max_length=4096)]] = Field(
-        default_factory=dict, description="extra environment variables of the command"
+    variables: dict[str, Annotated[str, Field(max_length=MAX_VARIABLE_CHARS)]] = Field(
+        default_factory=dict,
+        max_length=MAX_VARIABLES,
+        description="extra environment variables of the command (at most 64 KiB in all)",
     )
     network: bool = Field(False, description="whether the command may use the network (sandboxed jobs)")
 
     @field_validator("variables")
     @classmethod
     def _vars(cls, v: dict[str, str]) -> dict[str, str]:
-        for key in v:
+        total = 0
+        for key, value in v.items():
             if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$", key):
                 raise ValueError(f"{key!r} is not an environment variable name")
             if key.startswith("OPENSCI_") or key in ("PATH", "HOME", "VIRTUAL_ENV"):
                 raise ValueError(f"{key} is set by the platform")
+            if "\x00" in value:
+                raise ValueError(f"the value of {key} contains a NUL character")
+            total += len(key) + 1 + _utf8_size(value, f"the value of {key}") + 1
+        if total > MAX_VARIABLES_BYTES:
+            raise ValueError(f"{total} bytes long; at most {MAX_VARIABLES_BYTES} bytes (64 KiB) in all")
         return v
 
 
@@ -81,12 +166,14 @@ class ResourceSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     cpus: int = Field(1, ge=1, le=1024)
     memory: int | str | None = Field(None, description="bytes, or a size such as 4G; default from settings")
-    time_limit: int | None = Field(None, ge=1, description="seconds; default from settings")
+    time_limit: int | None = Field(
+        None, ge=1, le=MAX_TIME_LIMIT, description="seconds; default from settings"
+    )
     gpus: int = Field(0, ge=0, le=64)
 
-    @field_validator("memory")
+    @field_validator("memory", mode="before")
     @classmethod
-    def _memory(cls, v: int | str | None) -> int | None:
+    def _memory(cls, v: Any) -> int | None:
         return None if v is None else parse_size(v)
 
 
@@ -95,8 +182,9 @@ class JobSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     code: RepoRev
-    command: list[Annotated[str, Field(max_length=10_000)]] | str = Field(
-        description="the command as shell words (a list), or one string split like a shell does"
+    command: list[Annotated[str, Field(max_length=MAX_WORD_CHARS)]] | str = Field(
+        description="the command as shell words (a list), or one string split like a shell does; "
+        f"at most {MAX_COMMAND_WORDS} words and 64 KiB in all"
     )
     inputs: dict[str, RepoRev] = Field(default_factory=dict, max_length=64)
     output: OutputSpec | None = None
@@ -107,19 +195,10 @@ class JobSpec(BaseModel):
         0, ge=-100, le=100, description="higher runs first; above 0 for administrators only"
     )
 
-    @field_validator("command")
+    @field_validator("command", mode="before")
     @classmethod
-    def _command(cls, v: list[str] | str) -> list[str]:
-        if isinstance(v, str):
-            try:
-                v = shlex.split(v)
-            except ValueError as exc:
-                raise ValueError(f"cannot split the command: {exc}") from exc
-        if not v or not v[0].strip():
-            raise ValueError("the command is empty")
-        if any("\x00" in w for w in v):
-            raise ValueError("the command contains a NUL character")
-        return v
+    def _command(cls, v: Any) -> list[str]:
+        return split_command(v)
 
     @field_validator("inputs")
     @classmethod
@@ -158,3 +237,121 @@ class JobOut(BaseModel):
     created_at: str
     started_at: str | None
     ended_at: str | None
+
+
+# --- reading a spec from a request body, and saying plainly what is wrong with it --------------------------
+
+_PARTS: dict[str, type[BaseModel]] = {
+    "code": RepoRev,
+    "output": OutputSpec,
+    "env": EnvSpec,
+    "resources": ResourceSpec,
+}
+_JSON_TYPES = {
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+    str: "a string",
+    list: "a list",
+    dict: "an object",
+    type(None): "null",
+}
+
+
+def _json_type(value: Any) -> str:
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The spec's part at `loc` (a pydantic error location), if it is a part with named fields."""
+    if not loc:
+        return JobSpec
+    if len(loc) == 1 and isinstance(loc[0], str):
+        return _PARTS.get(loc[0])
+    if len(loc) == 2 and loc[0] == "inputs":
+        return RepoRev
+    return None
+
+
+def _plain(error: Any) -> str:
+    """One pydantic error as a phrase about its field (which the caller names)."""
+    kind, loc, value, ctx = error["type"], tuple(error["loc"]), error.get("input"), error.get("ctx") or {}
+    if kind == "missing":
+        return "required"
+    if kind == "extra_forbidden":
+        model = _model_at(loc[:-1])
+        fields = f"; the fields are: {', '.join(model.model_fields)}" if model else ""
+        return f"unknown field (not permitted){fields}"
+    wanted = {
+        "int_type": "a whole number",
+        "int_from_float": "a whole number",
+        "bool_type": "true or false",
+        "string_type": "a string",
+        "list_type": "a list",
+        "dict_type": "an object",
+        "model_type": "an object",
+    }.get(kind)
+    if wanted:
+        return f"must be {wanted}, not {_json_type(value)} ({json.dumps(value, default=str)[:40]})"
+    if kind == "string_too_long":
+        return f"longer than {ctx.get('max_length')} characters"
+    if kind == "too_long":
+        actual = ctx.get("actual_length") or (len(value) if isinstance(value, list | dict) else "too many")
+        return f"{actual} items; at most {ctx.get('max_length')}"
+    message = str(error.get("msg", ""))
+    if kind == "value_error":
+        return message.removeprefix("Value error, ")
+    return message.replace("Input should be", "must be", 1)
+
+
+def spec_error_message(exc: ValidationError, *, limit: int = 5) -> str:
+    """Pydantic's errors about a spec as one readable sentence: `field.path: what is wrong; …`."""
+    parts = []
+    for error in exc.errors()[:limit]:
+        where = ".".join(str(x) for x in error["loc"])
+        what = _plain(error)
+        parts.append(f"{where}: {what}" if where else what)
+    more = len(exc.errors()) - limit
+    if more > 0:
+        parts.append(f"and {more} more")
+    return "; ".join(parts) or "the job spec is not valid"
+
+
+def _refused(message: str) -> InvalidInput:
+    return InvalidInput(message, code="invalid_spec")
+
+
+def spec_too_large() -> InvalidInput:
+    return _refused(
+        f"the job spec is larger than {MAX_SPEC_BYTES // 1024**2} MiB; the command and the environment "
+        "variables may take 64 KiB each: pass large data in a file of the code or an input"
+    )
+
+
+def parse_spec(body: bytes) -> JobSpec:
+    """The job spec in a JSON request body, validated strictly (JSON types are not coerced). Anything
+    else is refused with 422 `invalid_spec` and a plain sentence naming the field."""
+    if len(body) > MAX_SPEC_BYTES:
+        raise spec_too_large()
+    if not body.strip():
+        raise _refused("the request body is empty; send the job spec as a JSON object")
+    try:
+        raw = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise _refused(
+            f"the request body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        ) from None
+    except UnicodeDecodeError:
+        raise _refused("the request body is not valid JSON: it is not UTF-8 text") from None
+    except ValueError:  # Python's bound on the digits of an integer
+        raise _refused(
+            "the request body is not valid JSON: it holds a number of thousands of digits"
+        ) from None
+    if not isinstance(raw, dict):
+        raise _refused(
+            f'the job spec must be a JSON object ({{"code": …, "command": …}}), not {_json_type(raw)}'
+        )
+    try:
+        return JobSpec.model_validate(raw, strict=True)
+    except ValidationError as exc:
+        raise _refused(spec_error_message(exc)) from None
