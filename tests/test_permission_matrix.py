@@ -636,6 +636,10 @@ PAGE_ROUTES: list[Row] = _page_rows()
 EXPECTED_UNCOVERED_PAGE_PREFIXES: set[str] = set()
 
 # Rows of the storage domain (chunk uploads, LFS, quotas).
+MATRIX_OID = "72b31feaf3aa24d10177fc57fa22d76c756af91ee3166b444d6b77bd3fd4679f"  # sha256 of b"matrix chunk"
+MATRIX_CHUNK = (
+    "7f6d9d5f8fed5456ac875fd8795da2c48a9ecf8a210603944fb41677a68b2c21"  # its BLAKE3: its name as a chunk
+)
 STORAGE_ROWS: list[Row] = [
     # The chunk upload protocol: one 12-byte chunk, b"matrix chunk", which is also a whole object.
     Row(
@@ -644,7 +648,7 @@ STORAGE_ROWS: list[Row] = [
         repo_status(WRITE, 200),
         body(
             REPO + "/uploads/chunks/missing",
-            chunks=["72b31feaf3aa24d10177fc57fa22d76c756af91ee3166b444d6b77bd3fd4679f"],
+            chunks=[MATRIX_CHUNK],
         ),
         ALL_REPOS,
     ),
@@ -654,8 +658,7 @@ STORAGE_ROWS: list[Row] = [
         repo_status(WRITE, 200),
         lambda w, actor, t: Req(
             get(REPO + "/uploads/chunks")(w, actor, t).url,
-            content=bytes.fromhex("72b31feaf3aa24d10177fc57fa22d76c756af91ee3166b444d6b77bd3fd4679f0000000c")
-            + b"matrix chunk",
+            content=bytes.fromhex(MATRIX_CHUNK + "0000000c") + b"matrix chunk",
             headers={"Content-Type": "application/octet-stream"},
         ),
         ALL_REPOS,
@@ -665,15 +668,13 @@ STORAGE_ROWS: list[Row] = [
         "/api/v1/repos/{owner}/{name}/uploads/objects",
         repo_status(WRITE, 201),
         lambda w, actor, t: (
-            w.app.state.blobs.put_chunk(
-                "72b31feaf3aa24d10177fc57fa22d76c756af91ee3166b444d6b77bd3fd4679f", b"matrix chunk"
-            ),
+            w.app.state.blobs.put_chunk(MATRIX_CHUNK, b"matrix chunk"),
             Req(
                 get(REPO + "/uploads/objects")(w, actor, t).url,
                 json={
-                    "oid": "72b31feaf3aa24d10177fc57fa22d76c756af91ee3166b444d6b77bd3fd4679f",
+                    "oid": MATRIX_OID,
                     "size": 12,
-                    "chunks": ["72b31feaf3aa24d10177fc57fa22d76c756af91ee3166b444d6b77bd3fd4679f"],
+                    "chunks": [MATRIX_CHUNK],
                 },
             ),
         )[1],
@@ -684,12 +685,10 @@ STORAGE_ROWS: list[Row] = [
         "/api/v1/repos/{owner}/{name}/uploads/manifests",
         repo_status(WRITE, 201),
         lambda w, actor, t: (
-            w.app.state.blobs.put_chunk(
-                "72b31feaf3aa24d10177fc57fa22d76c756af91ee3166b444d6b77bd3fd4679f", b"matrix chunk"
-            ),
+            w.app.state.blobs.put_chunk(MATRIX_CHUNK, b"matrix chunk"),
             Req(
                 get(REPO + "/uploads/manifests")(w, actor, t).url + "?size=12",
-                content=bytes.fromhex("72b31feaf3aa24d10177fc57fa22d76c756af91ee3166b444d6b77bd3fd4679f"),
+                content=bytes.fromhex(MATRIX_CHUNK),
                 headers={"Content-Type": "application/octet-stream"},
             ),
         )[1],
