@@ -6,12 +6,7 @@ submission sends use a server without a scheduler, where jobs stay queued until 
 from __future__ import annotations
 
 import json
-import os
-import pty
 import re
-import select
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +18,7 @@ from typer.testing import CliRunner
 
 from opensci.cli.main import app as cli
 from tests.api_helpers import API
+from tests.cli.terminal import in_a_terminal
 from tests.compute.conftest import (  # noqa: F401 (fixtures)
     code_repo,
     compute_app,
@@ -404,34 +400,9 @@ def test_the_status_line_shows_on_a_terminal_only(
         json={"code": {"repo": "alice/slow"}, "command": "python run.py"},
         headers=alice.headers,
     ).json()
-    env = {
-        **os.environ,
-        "OPENSCI_URL": server.url,
-        "OPENSCI_TOKEN": alice.token,
-        "COLUMNS": "100",
-        "TERM": "xterm",
-    }
-    env.pop("NO_COLOR", None)
-    argv = [sys.executable, "-m", "opensci.cli.main", "job", "logs", str(job["id"]), "-f"]
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen(argv, stdin=follower, stdout=follower, stderr=follower, env=env, close_fds=True)
-    os.close(follower)
-    seen = b""
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([leader], [], [], 0.5)
-        if ready:
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            seen += chunk
-        elif proc.poll() is not None:
-            break
-    os.close(leader)
-    assert proc.wait(timeout=30) == 0, seen.decode(errors="replace")
+    env = {"OPENSCI_URL": server.url, "OPENSCI_TOKEN": alice.token, "COLUMNS": "100"}
+    code, seen = in_a_terminal(["job", "logs", str(job["id"]), "-f"], env)
+    assert code == 0, seen.decode(errors="replace")
     text = seen.decode(errors="replace")
     assert re.search(rf"job {job['id']} running \((preparing|executing)\)", text), text
     assert "running for" in text

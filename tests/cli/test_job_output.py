@@ -5,12 +5,7 @@ and a status line that does not contradict the log."""
 from __future__ import annotations
 
 import json
-import os
-import pty
 import re
-import select
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -23,6 +18,7 @@ from typer.testing import CliRunner
 from opensci.cli import job_view
 from opensci.cli.main import app as cli
 from tests.api_helpers import API
+from tests.cli.terminal import in_a_terminal
 from tests.compute.conftest import (  # noqa: F401 (fixtures)
     code_repo,
     compute_app,
@@ -71,38 +67,6 @@ def raw_log(http: httpx.Client, who: Account, job_id: int) -> bytes:  # noqa: F8
             return data
         data += r.content
         offset = int(r.headers["x-log-next-offset"])
-
-
-def in_a_terminal(argv: list[str], env: dict[str, str], timeout: float = 90) -> tuple[int, bytes]:
-    """Run the CLI with a pseudo-terminal as stdin, stdout and stderr; its exit code and all it wrote."""
-    leader, follower = pty.openpty()
-    full_env = {**os.environ, **env, "TERM": "xterm"}
-    full_env.pop("NO_COLOR", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "opensci.cli.main", *argv],
-        stdin=follower,
-        stdout=follower,
-        stderr=follower,
-        env=full_env,
-        close_fds=True,
-    )
-    os.close(follower)
-    seen = bytearray()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([leader], [], [], 0.5)
-        if ready:
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            seen += chunk
-        elif proc.poll() is not None:
-            break
-    os.close(leader)
-    return proc.wait(timeout=30), bytes(seen)
 
 
 # --- job list ---------------------------------------------------------------------------------------------

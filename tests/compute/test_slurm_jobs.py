@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -33,24 +34,30 @@ print("counted on", socket.gethostname(), "in slurm job", os.environ.get("SLURM_
 """
 
 
-def test_a_slurm_job_commits_its_outputs(http: httpx.Client, alice: Account) -> None:
-    code_repo(http, alice, "counter", {"count.py": WORK})
-    dataset(http, alice, "table", {"t.csv": "a\n1\n2\n3\n"})
-    dataset(http, alice, "counts", None)
+def on_slurm(
+    http: httpx.Client, who: Account, code: str, command: list[str], output: str
+) -> tuple[dict[str, Any], str]:
+    """Run a job on Slurm with `alice/table` as its input `table`; the finished job and its log."""
     job = submit(
         http,
-        alice,
+        who,
         {
-            "code": {"repo": "alice/counter"},
-            "command": ["python", "count.py"],
+            "code": {"repo": code},
+            "command": command,
             "inputs": {"table": {"repo": "alice/table"}},
-            "output": {"repo": "alice/counts"},
+            "output": {"repo": output},
             "executor": "slurm",
             "resources": {"cpus": 1, "memory": "256M", "time_limit": 120},
         },
     )
-    done = finished(http, alice, job["id"], timeout=120)
-    text = logs(http, alice, job["id"])
+    return finished(http, who, job["id"], timeout=120), logs(http, who, job["id"])
+
+
+def test_a_slurm_job_commits_its_outputs(http: httpx.Client, alice: Account) -> None:
+    code_repo(http, alice, "counter", {"count.py": WORK})
+    dataset(http, alice, "table", {"t.csv": "a\n1\n2\n3\n"})
+    dataset(http, alice, "counts", None)
+    done, text = on_slurm(http, alice, "alice/counter", ["python", "count.py"], "alice/counts")
     assert done["status"] == "succeeded", (done, text)
     assert done["executor"] == "slurm"
     assert "in slurm job" in text and "in slurm job None" not in text
@@ -97,20 +104,7 @@ def test_a_slurm_job_runs_in_the_sandbox_on_its_node(
     code_repo(http, alice, "snoop", {"snoop.py": SNOOP})
     dataset(http, alice, "table", {"t.csv": "a\n1\n"})
     dataset(http, alice, "found", None)
-    job = submit(
-        http,
-        alice,
-        {
-            "code": {"repo": "alice/snoop"},
-            "command": ["python", "snoop.py", home],
-            "inputs": {"table": {"repo": "alice/table"}},
-            "output": {"repo": "alice/found"},
-            "executor": "slurm",
-            "resources": {"cpus": 1, "memory": "256M", "time_limit": 120},
-        },
-    )
-    done = finished(http, alice, job["id"], timeout=120)
-    text = logs(http, alice, job["id"])
+    done, text = on_slurm(http, alice, "alice/snoop", ["python", "snoop.py", home], "alice/found")
     assert done["status"] == "succeeded", (done, text)
     assert "sandbox: bubblewrap, network off" in text
     r = http.get(f"/datasets/alice/found/resolve/{done['output']['commit']}/r.json").json()
