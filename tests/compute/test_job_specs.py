@@ -14,8 +14,12 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from opensci.accounts import service as accounts
+from opensci.accounts.permissions import Actor
+from opensci.compute import service
 from opensci.compute.models import Job, JobRepo
 from opensci.compute.service import machine_memory
+from opensci.errors import InvalidInput
 from tests.api_helpers import API, committed, create_repo, error_code
 from tests.conftest import Account
 
@@ -709,6 +713,26 @@ def test_a_recorded_spec_refused_by_a_later_limit_is_not_rerun(world: World) -> 
     assert error_code(r, 422) == "invalid_spec"
     assert f"job {job_id} cannot run again" in r.json()["message"]
     assert "at most 65536 bytes" in r.json()["message"]
+    assert world.jobs_in_database()[0] == 1
+
+
+def test_rerun_refuses_a_recorded_spec_with_the_domain_error(world: World) -> None:
+    """The service raises `InvalidInput` (`invalid_spec`), never pydantic's ValidationError, so every door
+    that reruns a job (REST, web) answers alike without catching it itself."""
+    r = world.client.post(f"{API}/jobs", json=spec(), headers=world.alice.headers)
+    assert r.status_code == 201, r.text
+    with world.app.state.db.session() as s:
+        job = s.get(Job, r.json()["id"])
+        assert job is not None
+        job.spec = {**job.spec, "env": {"variables": {f"V{i}": "x" for i in range(300)}}}
+        s.commit()
+        user = accounts.get_user(s, "alice")
+        with pytest.raises(InvalidInput) as caught:
+            service.rerun(Actor.for_user(s, user), s, world.app.state.settings, world.app.state.store, job)
+    assert caught.value.code == "invalid_spec"
+    assert f"job {job.id} cannot run again as recorded: env.variables: 300 items; at most 256" in str(
+        caught.value
+    )
     assert world.jobs_in_database()[0] == 1
 
 

@@ -327,6 +327,8 @@ def test_the_run_form_of_a_code_repository(
         (("inputs", "numbers=alice/numbers@nope"),): ["Inputs, numbers: "],
         (("inputs", "numbers=alice/adder"),): ["Inputs, numbers: "],
         (("output", "alice/adder"),): ["Output dataset: "],
+        # the spec's own words for a limit (as the API says it), under the form's label
+        (("requirements", "numpy\n" * 201),): ["Requirements: 201 items; at most 200"],
     }
     for changes, expected in mistakes.items():
         refused = post(**dict(changes))

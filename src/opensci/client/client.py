@@ -489,7 +489,7 @@ class Client:
         both (keywords win). Short forms: `code="owner/name@rev"`, `inputs={"x": "owner/data@v1"}`,
         `output="owner/results@branch"`, `time_limit="1h"`, and `cpus`, `memory`, `time_limit`, `gpus`,
         `requirements`, `variables`, `network` as keywords. Nothing is queued when the server refuses
-        the spec (ValidationError with code `invalid_spec` or `invalid_input`)."""
+        the spec (ValidationError with code `invalid_spec`, whose message names the field)."""
         body = jobs.build_spec(spec, **fields)
         return Job.from_json(self.request("POST", "/api/v1/jobs", json=body).json())
 

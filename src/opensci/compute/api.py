@@ -12,7 +12,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -26,7 +25,6 @@ from opensci.compute.schemas import (
     JobOut,
     JobSpec,
     parse_spec,
-    spec_error_message,
     spec_too_large,
 )
 from opensci.deps import ActorDep, IdBound, SessionDep, SettingsDep, StoreDep, is_row_id
@@ -167,12 +165,7 @@ def rerun_job(
     store: StoreDep,
 ) -> JSONResponse:
     """Run the recorded spec again at the same commits of code and inputs."""
-    try:
-        job = service.rerun(actor, session, settings, store, _job(actor, session, job_id))
-    except ValidationError as exc:  # recorded before a limit that it does not meet
-        raise InvalidInput(
-            f"job {job_id} cannot run again as recorded: {spec_error_message(exc)}", code="invalid_spec"
-        ) from None
+    job = service.rerun(actor, session, settings, store, _job(actor, session, job_id))
     _wake(request)
     return JSONResponse(service.job_dict(settings, session, job), status_code=201)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -304,13 +305,20 @@ def _plain(error: Any) -> str:
     return message.replace("Input should be", "must be", 1)
 
 
-def spec_error_message(exc: ValidationError, *, limit: int = 5) -> str:
-    """Pydantic's errors about a spec as one readable sentence: `field.path: what is wrong; …`."""
+def _dotted(loc: tuple[str | int, ...]) -> str:
+    return ".".join(str(x) for x in loc)
+
+
+def spec_error_message(
+    exc: ValidationError, *, limit: int = 5, where: Callable[[tuple[str | int, ...]], str] = _dotted
+) -> str:
+    """Pydantic's errors about a spec as one readable sentence: `field.path: what is wrong; …`. `where`
+    names the place of each error (its dotted path in the spec by default; a form names it by a label)."""
     parts = []
     for error in exc.errors()[:limit]:
-        where = ".".join(str(x) for x in error["loc"])
+        loc = tuple(error["loc"])
         what = _plain(error)
-        parts.append(f"{where}: {what}" if where else what)
+        parts.append(f"{where(loc)}: {what}" if loc else what)
     more = len(exc.errors()) - limit
     if more > 0:
         parts.append(f"and {more} more")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import and_, exists, func, or_, select, true
 from sqlalchemy.orm import Session
 
@@ -19,7 +20,7 @@ from opensci.accounts.permissions import Actor, can, readable_repos_clause
 from opensci.compute import envs, workspace
 from opensci.compute.executors import NAMES
 from opensci.compute.models import FINAL, Job, JobPhase, JobRepo, JobStatus
-from opensci.compute.schemas import JobSpec
+from opensci.compute.schemas import JobSpec, spec_error_message
 from opensci.db.base import utcnow
 from opensci.errors import Conflict, Forbidden, InvalidInput, NotFound, RevisionNotFound, Unauthorized
 from opensci.repos import gitstore
@@ -292,7 +293,11 @@ def rerun(actor: Actor, session: Session, settings: Settings, store: GitStore, j
         spec["output"] = {"repo": out["repo"], "branch": out["branch"]}
     if spec.get("priority", 0) > 0 and not actor.is_admin:
         spec["priority"] = 0
-    return submit(actor, session, settings, store, JobSpec.model_validate(spec), rerun_of=job)
+    try:
+        parsed = JobSpec.model_validate(spec)
+    except ValidationError as exc:  # recorded before a limit that it does not meet
+        raise _bad(f"job {job.id} cannot run again as recorded: {spec_error_message(exc)}") from None
+    return submit(actor, session, settings, store, parsed, rerun_of=job)
 
 
 def _iso(value: Any) -> str | None:

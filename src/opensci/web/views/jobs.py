@@ -29,8 +29,8 @@ from opensci.accounts.permissions import Actor
 from opensci.compute import service, workspace
 from opensci.compute.models import Job, JobStatus
 from opensci.compute.provenance import provenance_svg, repo_url
-from opensci.compute.schemas import JobSpec
-from opensci.deps import ActorDep, SessionDep, SettingsDep, StoreDep
+from opensci.compute.schemas import JobSpec, spec_error_message
+from opensci.deps import MAX_ROW_ID, ActorDep, SessionDep, SettingsDep, StoreDep, is_row_id
 from opensci.errors import InvalidInput, NotFound, OpenSciError
 from opensci.repos import service as repos
 from opensci.repos.gitstore import GitStore
@@ -47,7 +47,6 @@ FormStr = Annotated[str, Form()]
 STATUSES = tuple(s.value for s in JobStatus)
 PER_PAGE = 50
 LOG_PAGE_BYTES = 256 * 1024  # the end of a longer log is shown; the API has the whole of it
-MAX_JOB_ID = 2**31 - 1
 
 
 def ago(value: str | None) -> str:
@@ -92,7 +91,7 @@ def _is_htmx(request: Request) -> bool:
 
 
 def _find_job(actor: Actor, session: Session, job_id: int) -> Job:
-    if not 1 <= job_id <= MAX_JOB_ID:
+    if not is_row_id(job_id):
         raise NotFound(f"job {job_id} not found", code="job_not_found")
     return service.get_job(actor, session, job_id)
 
@@ -109,7 +108,7 @@ def jobs_page(
     status: str = "",
     owner: Annotated[str, Query(max_length=200)] = "",
     repo: Annotated[str, Query(max_length=300)] = "",
-    before: Annotated[int | None, Query(ge=1, le=MAX_JOB_ID)] = None,
+    before: Annotated[int | None, Query(ge=1, le=MAX_ROW_ID)] = None,
 ) -> Response:
     status = status if status in STATUSES else ""
     owner = owner.strip()
@@ -354,15 +353,6 @@ def form_message(message: str) -> str:
     return f"{form_label(loc)}: {message[match.end() :]}"
 
 
-def _spec_message(exc: ValidationError) -> str:
-    parts = []
-    for e in exc.errors()[:5]:
-        loc = tuple(e.get("loc", ()))
-        message = str(e.get("msg", "")).removeprefix("Value error, ")
-        parts.append(f"{form_label(loc)}: {message}" if loc else message)
-    return "; ".join(parts) or "the job is not valid"
-
-
 def build_spec(repo: Repository, form: dict[str, str]) -> JobSpec:
     """The job spec of a filled-in Run form (InvalidInput with a readable message if it is not one)."""
     resources: dict[str, Any] = {}
@@ -387,7 +377,7 @@ def build_spec(repo: Repository, form: dict[str, str]) -> JobSpec:
     try:
         return JobSpec.model_validate(raw)
     except ValidationError as exc:
-        raise InvalidInput(_spec_message(exc), code="invalid_spec") from exc
+        raise InvalidInput(spec_error_message(exc, where=form_label), code="invalid_spec") from exc
 
 
 def _code_repo(actor: Actor, session: Session, owner: str, name: str) -> Repository:
