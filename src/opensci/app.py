@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sqlalchemy import text
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from opensci import __version__
@@ -66,6 +67,19 @@ def _validation_message(errors: list[dict[str, Any]]) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def _unstorable_text(exc: Exception) -> str | None:
+    """What is wrong with a request's text that the database driver refused, if that is why it failed:
+    PostgreSQL text cannot hold a NUL (psycopg refuses the query; a JSON value refuses `\\u0000`), and no
+    database takes an unpaired surrogate (which a JSON body can spell). None for any other failure."""
+    if isinstance(exc, DataError):
+        reason = str(exc.orig)
+        if "NUL (0x00)" in reason or "\\u0000 cannot be converted" in reason:
+            return "the request contains a NUL character, which cannot be stored or looked up; remove it"
+    if isinstance(exc, UnicodeEncodeError) and exc.reason == "surrogates not allowed":
+        return "the request contains text that is not valid Unicode (an unpaired surrogate)"
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OpenSciError)
     async def _domain(request: Request, exc: OpenSciError) -> Response:
@@ -73,6 +87,16 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status == 401:
             headers.setdefault("WWW-Authenticate", 'Bearer realm="OpenSci"')
         return error_reply(request, exc.status, exc.code, exc.message, headers or None)
+
+    # A safety net: lookups and searches refuse such text before it reaches the database (see
+    # `opensci.validation.is_plain_text`); anything that still gets there is the caller's mistake, not a 500.
+    @app.exception_handler(DataError)
+    @app.exception_handler(UnicodeEncodeError)
+    async def _unstorable(request: Request, exc: Exception) -> Response:
+        message = _unstorable_text(exc)
+        if message is None:
+            raise exc
+        return error_reply(request, 422, "invalid_input", message)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:

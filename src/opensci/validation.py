@@ -45,6 +45,51 @@ RESERVED_OWNER_NAMES = frozenset(
 )
 
 
+# ASCII control characters: no name holds one, git refuses them in ref names, pygit2 reads a string only
+# up to a NUL, and PostgreSQL text cannot hold a NUL at all (psycopg refuses the whole query).
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def is_plain_text(value: str) -> bool:
+    """Whether `value` is text without control characters that UTF-8 can encode (no unpaired surrogate,
+    which a JSON body can spell). Nothing else can be a user, organization or repository name, nor a
+    branch or tag: a lookup answers "not found" for it, as for any unknown name, without asking the
+    database or git."""
+    if CONTROL.search(value):
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_owner_filter(value: str, what: str = "owner") -> str:
+    """A user or organization name that filters a listing (`?owner=`, `?author=`): refused (422
+    `invalid_name`) if no name could be it, like a name that does not follow the rules for names."""
+    if not is_plain_text(value):
+        raise InvalidInput(
+            f"{what} {value!r} is not a name (names hold only letters, digits, '.', '_' and '-')",
+            code="invalid_name",
+        )
+    return value
+
+
+def check_search_text(value: str, what: str = "the search") -> str:
+    """Free text that a query compares with stored text (`?q=`, `?search=`): refused (422 `invalid_input`)
+    when it holds a NUL, which PostgreSQL text cannot hold, or an unpaired surrogate. Other control
+    characters are only characters: they match what holds them."""
+    if "\x00" in value:
+        raise InvalidInput(f"{what} contains a NUL character", code="invalid_input")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise InvalidInput(
+            f"{what} is not valid Unicode text (it holds an unpaired surrogate)", code="invalid_input"
+        ) from None
+    return value
+
+
 def check_name(value: str, what: str = "name") -> str:
     """A URL-safe name: letters, digits, `.`, `_`, `-`; starts and ends with a letter or digit; ≤ 96."""
     if not isinstance(value, str) or not _NAME.match(value) or ".." in value:

@@ -59,6 +59,28 @@ def test_revisions_with_slashes_come_from_the_raw_path(client: TestClient, alice
     assert r.status_code == 206 and r.content == b"a"
 
 
+def test_branch_and_tag_names_with_control_characters_are_refused(
+    client: TestClient, alice: Account, repo: str
+) -> None:
+    """pygit2 reads a ref name only up to a NUL: `a%00b` must neither create nor delete branch `a`."""
+    _commit(client, alice, repo, "main", {"a.txt": b"a"})
+    assert client.post(f"/api/models/{repo}/branch/a", json={}, headers=alice.headers).status_code == 200
+    for name in ("a%00b", "a%00", "a%01b", "a%1Fb", "a%7Fb"):
+        r = client.post(f"/api/models/{repo}/branch/{name}", json={}, headers=alice.headers)
+        assert r.status_code == 422 and r.json()["error"] == "invalid_ref", r.text
+        assert "control characters" in r.json()["message"]
+        r = client.post(f"/api/models/{repo}/commit/{name}", content=b"", headers=alice.headers)
+        assert r.status_code == 422 and r.json()["error"] == "invalid_ref", r.text
+        r = client.delete(f"/api/models/{repo}/branch/{name}", headers=alice.headers)
+        assert r.status_code == 404, r.text
+    r = client.post(f"/api/models/{repo}/tag/main", json={"tag": "v\x00"}, headers=alice.headers)
+    assert r.status_code == 422 and r.json()["error"] == "invalid_ref", r.text
+    r = client.get(f"/api/models/{repo}/revision/refs%2Fheads%2Fa%00x")
+    assert r.status_code == 404 and r.headers["x-error-code"] == "RevisionNotFound"
+    refs = client.get(f"/api/models/{repo}/refs").json()
+    assert sorted(b["name"] for b in refs["branches"]) == ["a", "main"] and refs["tags"] == []
+
+
 def test_errors_carry_the_client_codes(client: TestClient, alice: Account, bob: Account, repo: str) -> None:
     r = client.head("/alice/wire/resolve/main/nope.txt")
     assert r.status_code == 404 and r.headers["x-error-code"] == "EntryNotFound"

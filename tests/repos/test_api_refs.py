@@ -124,6 +124,52 @@ def test_invalid_ref_names_are_422(client: TestClient, alice: Account, shas: lis
     assert refs(client) == {"branches": {"main": shas[1]}, "tags": {}}
 
 
+@pytest.mark.parametrize("name", ["a\x00b", "a\x00", "\x00", "a\x01b", "line\nbreak", "tab\there", "a\x7fb"])
+def test_ref_names_with_control_characters_are_422(
+    client: TestClient, alice: Account, shas: list[str], name: str
+) -> None:
+    """pygit2 reads a name only up to a NUL ("a\x00b" would pass as "a"); git refuses every control
+    character in a ref name, and so do we, before anything is written."""
+    for kind in ("branch", "tag"):
+        for extra in ({}, {"message": "annotated"}):
+            r = create(client, alice, type=kind, name=name, **extra)
+            assert error_code(r, 422) == "invalid_ref"
+            assert f"invalid {kind} name" in r.json()["message"]
+            assert "control characters" in r.json()["message"]
+    assert refs(client) == {"branches": {"main": shas[1]}, "tags": {}}
+
+
+def test_ref_names_and_revisions_that_are_not_unicode_are_4xx(
+    client: TestClient, alice: Account, shas: list[str]
+) -> None:
+    """JSON may spell an unpaired surrogate (`"\\udcff"`), which no UTF-8 git name can hold."""
+    r = client.post(
+        f"{API}/repos/{REPO}/refs",
+        content=b'{"name": "a\\udcffb"}',
+        headers={**alice.headers, "Content-Type": "application/json"},
+    )
+    assert error_code(r, 422) == "invalid_ref"
+    r = client.post(
+        f"{API}/repos/{REPO}/refs",
+        content=b'{"name": "x", "revision": "a\\udcffb"}',
+        headers={**alice.headers, "Content-Type": "application/json"},
+    )
+    assert error_code(r, 404) == "revision_not_found"
+    assert refs(client) == {"branches": {"main": shas[1]}, "tags": {}}
+
+
+def test_deleting_a_ref_named_with_a_nul_deletes_nothing(
+    client: TestClient, alice: Account, shas: list[str]
+) -> None:
+    """`a%00b` must not name branch `a` (what pygit2 would read), nor anything else."""
+    assert create(client, alice, name="a").status_code == 201
+    assert create(client, alice, type="tag", name="a").status_code == 201
+    for kind in ("branch", "tag"):
+        r = client.delete(f"{API}/repos/{REPO}/refs/{kind}/a%00b", headers=alice.headers)
+        assert error_code(r, 404) == "ref_not_found"
+    assert refs(client) == {"branches": {"main": shas[1], "a": shas[1]}, "tags": {"a": shas[1]}}
+
+
 def test_invalid_type_or_revision(client: TestClient, alice: Account, shas: list[str]) -> None:
     assert error_code(create(client, alice, type="note", name="x"), 422) == "invalid_input"
     assert error_code(create(client, alice, name="x", revision="nope"), 404) == "revision_not_found"

@@ -17,7 +17,7 @@ from opensci.accounts.permissions import Actor, can
 from opensci.accounts.security import hash_password, new_secret, new_token, sha256_hex, verify_password
 from opensci.db.base import utcnow
 from opensci.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
-from opensci.validation import check_orcid, check_owner_name
+from opensci.validation import check_orcid, check_owner_name, is_plain_text
 
 MIN_PASSWORD = 8
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -27,7 +27,9 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 def get_owner(session: Session, name: str) -> Owner:
-    owner = session.scalar(select(Owner).where(Owner.name_key == name.lower()))
+    owner = None
+    if is_plain_text(name):  # else it names nobody (and PostgreSQL could not even compare a NUL)
+        owner = session.scalar(select(Owner).where(Owner.name_key == name.lower()))
     if owner is None:
         raise NotFound(f"no user or organization named {name!r}", code="owner_not_found")
     return owner
@@ -85,7 +87,11 @@ def create_user(
 
 
 def authenticate(session: Session, name: str, password: str) -> User:
-    owner = session.scalar(select(Owner).where(Owner.name_key == name.lower(), Owner.kind == OwnerKind.user))
+    owner = (
+        session.scalar(select(Owner).where(Owner.name_key == name.lower(), Owner.kind == OwnerKind.user))
+        if is_plain_text(name)
+        else None
+    )
     if owner is None or owner.user is None or not verify_password(owner.user.password_hash, password):
         raise Unauthorized("wrong user name or password", code="bad_credentials")
     return owner.user

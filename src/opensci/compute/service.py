@@ -28,6 +28,7 @@ from opensci.repos import service as repos
 from opensci.repos.gitstore import GitStore
 from opensci.repos.models import RepoKind, Repository
 from opensci.settings import Settings
+from opensci.validation import check_owner_filter
 
 MAX_PAGE_SIZE = 200
 
@@ -223,7 +224,8 @@ def list_jobs(
         raise InvalidInput(f"limit must be between 1 and {MAX_PAGE_SIZE}", code="invalid_page")
     stmt = select(Job).where(readable_jobs_clause(actor))
     if owner:
-        stmt = stmt.join(Owner, Owner.id == Job.submitter_id).where(Owner.name_key == owner.lower())
+        name_key = check_owner_filter(owner).lower()
+        stmt = stmt.join(Owner, Owner.id == Job.submitter_id).where(Owner.name_key == name_key)
     if status:
         try:
             stmt = stmt.where(Job.status == JobStatus(status))

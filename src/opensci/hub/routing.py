@@ -18,7 +18,7 @@ from starlette.types import Scope
 from opensci.errors import RevisionNotFound
 from opensci.repos import gitstore
 from opensci.repos.models import RepoKind, Repository
-from opensci.validation import RESERVED_OWNER_NAMES
+from opensci.validation import RESERVED_OWNER_NAMES, is_plain_text
 
 # `/api/{repo_type}/…`: the Hub's plural types, and the repository kinds each one serves.
 REPO_TYPES: dict[str, tuple[RepoKind, ...]] = {
@@ -60,7 +60,8 @@ def split_revision(segs: list[str]) -> tuple[str, str]:
 def resolve_revision(g: pygit2.Repository, rev: str) -> pygit2.Commit:
     """A branch, a tag, a commit id, or a full ref name such as `refs/pr/1`."""
     if rev.startswith("refs/"):
-        ref = g.references.get(rev) if pygit2.reference_is_valid_name(rev) else None
+        valid = is_plain_text(rev) and pygit2.reference_is_valid_name(rev)
+        ref = g.references.get(rev) if valid else None
         if ref is None:
             raise RevisionNotFound(f"revision {rev!r} not found")
         try:

@@ -27,6 +27,7 @@ from opensci.repos.models import RepoKind, Repository
 from opensci.settings import Settings
 from opensci.storage import files
 from opensci.storage.store import BlobStore
+from opensci.validation import check_owner_filter, check_search_text, is_plain_text
 
 # What the Hub commits first in a new repository: Git LFS for the usual large and binary formats.
 _LFS_PATTERNS = [
@@ -157,6 +158,8 @@ def create_repo(
 
 
 def existing(session: Session, owner: str | None, name: str) -> Repository | None:
+    if not (is_plain_text(owner or "") and is_plain_text(name)):
+        return None
     return session.scalar(
         select(Repository)
         .join(Owner, Owner.id == Repository.owner_id)
@@ -221,9 +224,10 @@ def search_repos(
         .where(readable_repos_clause(actor), Repository.kind.in_(list(kinds)))
     )
     if author:
-        stmt = stmt.where(Owner.name_key == author.lower())
+        stmt = stmt.where(Owner.name_key == check_owner_filter(author, "author").lower())
     full = func.lower(Owner.name + "/" + Repository.name)
     for s in search:
+        check_search_text(s)
         escaped = s.strip().lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         if escaped:
             stmt = stmt.where(full.like(f"%{escaped}%", escape="\\"))

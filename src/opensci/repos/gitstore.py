@@ -22,6 +22,7 @@ import pygit2
 from pygit2.enums import FileMode, ObjectType, SortMode
 
 from opensci.errors import Conflict, EntryNotFound, InvalidInput, RevisionNotFound
+from opensci.validation import CONTROL, is_plain_text
 
 ZERO = "0" * 40
 _HEX = re.compile(r"^[0-9a-fA-F]{4,40}$")
@@ -144,7 +145,22 @@ class GitStore:
 
 
 def valid_ref_name(kind: str, name: str) -> str:
-    """A branch or tag name, checked with git's own rules."""
+    """A branch or tag name, checked with git's own rules (pygit2 checks them but reads a name only up to
+    a NUL: "a\x00b" would pass as "a"; git refuses every ASCII control character)."""
+    what = "branch" if kind == "heads" else "tag"
+    if CONTROL.search(name):
+        raise InvalidInput(
+            f"invalid {what} name {name!r}: git refuses control characters (such as NUL or a line break) "
+            "in names",
+            code="invalid_ref",
+        )
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        raise InvalidInput(
+            f"invalid {what} name {name!r}: it is not valid Unicode text (it holds an unpaired surrogate)",
+            code="invalid_ref",
+        ) from None
     if (
         not name
         or len(name) > 200
@@ -152,9 +168,7 @@ def valid_ref_name(kind: str, name: str) -> str:
         or name in ("@", "HEAD")
         or not pygit2.reference_is_valid_name(f"refs/{kind}/{name}")
     ):
-        raise InvalidInput(
-            f"invalid {'branch' if kind == 'heads' else 'tag'} name {name!r}", code="invalid_ref"
-        )
+        raise InvalidInput(f"invalid {what} name {name!r}", code="invalid_ref")
     return name
 
 
@@ -180,7 +194,7 @@ def branch_head(repo: pygit2.Repository, branch: str) -> str | None:
 
 def resolve(repo: pygit2.Repository, rev: str) -> pygit2.Commit:
     """A branch, a tag or a (possibly abbreviated) commit id → the commit. Nothing else is accepted."""
-    if not rev or len(rev) > 256 or "\x00" in rev:
+    if not rev or len(rev) > 256 or not is_plain_text(rev):
         raise RevisionNotFound(f"invalid revision {rev!r}")
     for prefix in ("refs/heads/", "refs/tags/"):
         if not pygit2.reference_is_valid_name(prefix + rev):
@@ -233,6 +247,8 @@ def commit_info(c: pygit2.Commit) -> CommitInfo:
 
 
 def _entry_at(tree: pygit2.Tree, path: str) -> pygit2.Object | None:
+    if "\x00" in path:  # no git path holds a NUL; pygit2 would look the path up only to it
+        return None
     try:
         return tree[path] if path else tree
     except KeyError:
@@ -246,6 +262,8 @@ def log(
 
     Returns one page and whether more follow.
     """
+    if "\x00" in path:
+        raise InvalidInput("a path may not contain NUL bytes", code="invalid_path")
     walker = repo.walk(head.id, SortMode.TOPOLOGICAL | SortMode.TIME)
     out: list[CommitInfo] = []
     seen = 0

@@ -32,7 +32,13 @@ from opensci.repos import gitstore
 from opensci.repos.gitattributes import ATTRIBUTES, track
 from opensci.repos.gitstore import ZERO, Change, GitStore
 from opensci.repos.models import RepoKind, Repository
-from opensci.validation import check_name, check_repo_path
+from opensci.validation import (
+    check_name,
+    check_owner_filter,
+    check_repo_path,
+    check_search_text,
+    is_plain_text,
+)
 
 _SPDX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+-]{0,63}$")
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:._/+-]{0,63}$")
@@ -140,6 +146,8 @@ def create_repo(
 def find_repo(session: Session, owner: str, name: str) -> Repository | None:
     """The repository `owner/name` (names compared case-insensitively), whoever asks: callers that answer
     people check permissions (`get_repo` does); a signed link names what it authorizes by itself."""
+    if not (is_plain_text(owner) and is_plain_text(name)):
+        return None  # no name holds a control character (and PostgreSQL could not compare a NUL)
     return session.scalar(
         select(Repository)
         .join(Owner, Owner.id == Repository.owner_id)
@@ -247,7 +255,7 @@ def list_repos(
         )
     stmt = select(Repository).join(Owner, Owner.id == Repository.owner_id).where(readable_repos_clause(actor))
     if owner:
-        stmt = stmt.where(Owner.name_key == owner.lower())
+        stmt = stmt.where(Owner.name_key == check_owner_filter(owner).lower())
     if kind:
         try:
             stmt = stmt.where(Repository.kind == RepoKind(kind))
@@ -256,6 +264,7 @@ def list_repos(
                 f"kind must be one of code, dataset, model; not {kind!r}", code="invalid_kind"
             ) from exc
     if q:
+        check_search_text(q)
         # The words are matched literally: '%' and '_' are no wildcards for the searcher.
         escaped = q.strip().lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         like = f"%{escaped}%"
@@ -458,7 +467,8 @@ def delete_ref(
     if kind == "heads" and name == repo.default_branch:
         raise Conflict(f"{name!r} is the default branch and cannot be deleted", code="protected_branch")
     g = store.open(repo.id)
-    ref = g.references.get(f"refs/{kind}/{name}")
+    # pygit2 would read "a\x00b" as "a": a name git cannot hold names no ref.
+    ref = g.references.get(f"refs/{kind}/{name}") if is_plain_text(name) else None
     if ref is None:
         raise NotFound(f"{type} {name!r} does not exist", code="ref_not_found")
     if not store.delete_ref(repo.id, ref.name, str(ref.target)):
