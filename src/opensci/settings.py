@@ -180,6 +180,18 @@ class Settings(BaseSettings):
         "it works on the server's machine, so the nodes need it at the same path; `none` runs jobs with the "
         "full rights of the Slurm user that submits them (the server's).",
     )
+    compute_sandbox_user: str = Field(
+        "nobody",
+        description="Host user (name or uid) that sandboxed jobs run as when the server runs as root: a user "
+        "that owns nothing, so a job can read only what everyone may read. Not used by a server that is not "
+        "root (its jobs run as the server's user, mapped to 65534 in the sandbox).",
+    )
+    compute_max_processes: int = Field(
+        4096,
+        ge=16,
+        description="Most processes and threads one local job may have at once (a cgroup limit, where the "
+        "server may make cgroups).",
+    )
     compute_allow_network: bool = Field(
         True,
         description="Whether jobs may ask for network access (`env.network`); sandboxed jobs have none "

@@ -6,6 +6,7 @@ is told about itself (its real CPU time, a clear 127 for a missing program)."""
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from fastapi import FastAPI
 
 from tests.api_helpers import API
 from tests.compute.conftest import code_repo, dataset, finished, logs, submit
-from tests.conftest import Account, need_binary
+from tests.conftest import Account, need, need_binary
 
 SH = {"run.sh": "#!/bin/sh\n"}
 
@@ -193,3 +194,111 @@ def test_network_can_be_refused_by_the_operator_and_branch_names_take_refs_heads
     assert done["status"] == "succeeded" and done["output"]["branch"] == "results", done
     refs = http.get(f"{API}/repos/alice/out/refs", headers=alice.headers).json()
     assert "results" in {b["name"] for b in refs["branches"]}
+
+
+EVIL = r"""
+#include <stdio.h>
+#include <unistd.h>
+__attribute__((constructor)) static void escape(void) {
+    FILE *f = fopen(MARKER, "a");
+    if (f) { fprintf(f, "ran as uid %d\n", (int)getuid()); fclose(f); }
+}
+"""
+
+
+def test_the_jobs_variables_reach_only_the_command_inside_the_sandbox(
+    http: httpx.Client, alice: Account, tmp_path: Path
+) -> None:
+    """LD_PRELOAD (and the like) in a job's variables must not load the job's code into bubblewrap, which
+    runs on the host (as root when the server is)."""
+    need_binary("bwrap")
+    gcc = need_binary("gcc")
+    marker = tmp_path / "escaped"
+    source = tmp_path / "evil.c"
+    source.write_text(EVIL.replace("MARKER", f'"{marker}"'))
+    lib = tmp_path / "evil.so"
+    subprocess.run([gcc, "-shared", "-fPIC", "-o", str(lib), str(source)], check=True)
+    code_repo(http, alice, "tool", {"evil.so": lib.read_bytes()})
+    for name in ("LD_PRELOAD", "LD_AUDIT"):
+        done, text = run(http, alice, ["true"], env={"variables": {name: "./evil.so"}})
+        assert not marker.exists(), (name, marker.read_text())
+        assert done["status"] in ("succeeded", "failed"), (done, text)
+
+
+HOST_ROOT = """\
+import json, os, pathlib
+r = {"uid": os.getuid()}
+try:
+    open("/etc/shadow").read()
+    r["shadow"] = "read"
+except OSError:
+    r["shadow"] = "refused"
+try:
+    with open("/proc/sys/kernel/printk_ratelimit", "w") as f:
+        f.write(open("/proc/sys/kernel/printk_ratelimit").read())
+    r["proc_sys"] = "written"
+except OSError:
+    r["proc_sys"] = "refused"
+pathlib.Path("outputs/r.json").write_text(json.dumps(r))
+"""
+
+
+def test_a_sandboxed_job_is_nobody_on_the_host(http: httpx.Client, alice: Account) -> None:
+    need_binary("bwrap")
+    need(os.geteuid() == 0, "the server must run as root to run jobs as another host user")
+    code_repo(http, alice, "tool", {"probe.py": HOST_ROOT})
+    dataset(http, alice, "out", None)
+    done, text = run(http, alice, ["python", "probe.py"], output={"repo": "alice/out"})
+    assert done["status"] == "succeeded", (done, text)
+    r = http.get(f"/datasets/alice/out/resolve/{done['output']['commit']}/r.json").json()
+    assert r == {"uid": 65534, "shadow": "refused", "proc_sys": "refused"}, r
+
+
+def need_cgroups() -> None:
+    need(
+        os.geteuid() == 0
+        and (Path("/sys/fs/cgroup/memory").is_dir() or Path("/sys/fs/cgroup/cgroup.controllers").exists()),
+        "cgroups need a root server and the memory controller",
+    )
+
+
+MEMFD = (
+    "import os, time\nfd = os.memfd_create('x')\nfor _ in range(512): os.write(fd, b'x' * (1 << 20))\n"
+    "time.sleep(2)"
+)
+
+
+def test_memory_no_process_shows_still_counts_against_the_limit(http: httpx.Client, alice: Account) -> None:
+    """memfd and a tmpfs mounted in a nested namespace hold memory no process's resident memory shows:
+    the job's control group counts it."""
+    need_binary("bwrap")
+    need_cgroups()
+    code_repo(http, alice, "tool", SH)
+    small = {"memory": "128M", "time_limit": 60}
+    done, text = run(http, alice, ["python", "-c", MEMFD], resources=small)
+    assert done["status"] == "failed" and done["reason"] == "memory", (done, text)
+    tmpfs = "unshare -Urm sh -c 'mount -t tmpfs x /mnt && dd if=/dev/zero of=/mnt/f bs=1M count=512'"
+    done, text = run(http, alice, ["sh", "-c", tmpfs], resources=small)
+    # Either the nested namespace is refused, or its tmpfs is counted: never 512 MiB past the limit.
+    assert done["status"] == "failed", (done, text)
+
+
+THREADS = (
+    "import threading, time\nfor _ in range(300): threading.Thread(target=time.sleep, args=(5,)).start()"
+)
+
+
+def test_processes_are_limited_and_cpu_time_counts_what_was_left_behind(
+    http: httpx.Client, alice: Account, compute_app: FastAPI
+) -> None:
+    need_binary("bwrap")
+    need_cgroups()
+    compute_app.state.settings.compute_max_processes = 64
+    code_repo(http, alice, "tool", SH)
+    done, text = run(http, alice, ["python", "-c", THREADS])
+    assert done["status"] == "failed" and "can't start new thread" in text, (done, text)
+    busy = "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.0: pass"
+    orphan = f"(python -c '{busy}' &) ; sleep 2"
+    done, text = run(http, alice, ["sh", "-c", orphan])
+    assert done["status"] == "succeeded", (done, text)
+    assert done["usage"]["cpu_seconds"] >= 0.9, done["usage"]

@@ -22,6 +22,7 @@ interpreter that shares the job's storage.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import resource
@@ -39,6 +40,7 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 CLOCK = os.sysconf("SC_CLK_TCK")
 TICK = 0.25
 REPORT_FD = "@report-fd@"  # in job.json's argv: the pipe the reaper reports on
+COMMAND_FILE = "command.json"  # the command's environment, for the reaper (in the sandbox at /opensci/)
 READ = 64 * 1024
 
 
@@ -113,6 +115,129 @@ def human_size(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
+class Cgroups:
+    """Control groups of one job (as root, where the kernel has them): a hard memory limit that counts all
+    the memory the job pins (memfd and tmpfs pages too, which no process's resident memory shows), a
+    limit on its processes and threads, and its exact CPU time (children it left behind included).
+    cgroup v1 groups go below the shim's own; v2 groups below `/opensci` of the unified hierarchy."""
+
+    CONTROLLERS = ("memory", "pids", "cpuacct")
+
+    def __init__(self, dirs: dict[str, Path], v2: bool) -> None:
+        self.dirs = dirs  # controller → directory (one directory for all under v2)
+        self.v2 = v2
+
+    @classmethod
+    def make(cls, name: str, memory: int, processes: int) -> Cgroups | None:
+        """New groups for a job, limits set; None where they cannot be made (not root, no controllers)."""
+        if os.geteuid() != 0:
+            return None
+        mounts = _cgroup_mounts()
+        try:
+            if all(c in mounts for c in cls.CONTROLLERS):
+                own = _own_cgroups()
+                dirs = {c: Path(mounts[c]) / own.get(c, "/").lstrip("/") / name for c in cls.CONTROLLERS}
+                for d in dirs.values():
+                    d.mkdir()
+                groups = cls(dirs, v2=False)
+                groups._write("memory", "memory.limit_in_bytes", memory)
+                groups._write("memory", "memory.memsw.limit_in_bytes", memory, optional=True)
+                groups._write("pids", "pids.max", processes)
+                return groups
+            root = mounts.get("cgroup2")
+            if root and {"memory", "pids", "cpu"} <= set(_read(Path(root) / "cgroup.controllers").split()):
+                parent = Path(root) / "opensci"
+                parent.mkdir(exist_ok=True)
+                for d in (Path(root), parent):
+                    with contextlib.suppress(OSError):
+                        (d / "cgroup.subtree_control").write_text("+memory +pids +cpu")
+                (parent / name).mkdir()
+                groups = cls(dict.fromkeys(cls.CONTROLLERS, parent / name), v2=True)
+                groups._write("memory", "memory.max", memory)
+                groups._write("memory", "memory.swap.max", 0, optional=True)
+                groups._write("pids", "pids.max", processes)
+                return groups
+        except OSError:
+            return None
+        return None
+
+    def _write(self, controller: str, file: str, value: int, *, optional: bool = False) -> None:
+        try:
+            (self.dirs[controller] / file).write_text(str(value))
+        except OSError:
+            if not optional:
+                self.remove()
+                raise
+
+    def enter(self, pid: int) -> None:
+        """Put a process in the groups (its children follow)."""
+        for d in dict.fromkeys(self.dirs.values()):
+            (d / "cgroup.procs").write_text(str(pid))
+
+    def oom_kills(self) -> int:
+        text = _read(self.dirs["memory"] / ("memory.events" if self.v2 else "memory.oom_control"))
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+        return 0
+
+    def cpu_seconds(self) -> float | None:
+        try:
+            if self.v2:
+                for line in _read(self.dirs["cpuacct"] / "cpu.stat").splitlines():
+                    if line.startswith("usage_usec "):
+                        return int(line.split()[1]) / 1e6
+                return None
+            return int(_read(self.dirs["cpuacct"] / "cpuacct.usage")) / 1e9
+        except (OSError, ValueError):
+            return None
+
+    def remove(self) -> None:
+        """Remove the groups once their processes are gone (they may take a moment to leave)."""
+        for d in dict.fromkeys(self.dirs.values()):
+            for _ in range(40):
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.05)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def _cgroup_mounts() -> dict[str, str]:
+    """Mount points of cgroup v1 controllers by name, and of the v2 hierarchy as `cgroup2`."""
+    found: dict[str, str] = {}
+    for line in _read(Path("/proc/self/mounts")).splitlines():
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        if fields[2] == "cgroup2":
+            found.setdefault("cgroup2", fields[1])
+        elif fields[2] == "cgroup":
+            for option in fields[3].split(","):
+                found.setdefault(option, fields[1])
+    return found
+
+
+def _own_cgroups() -> dict[str, str]:
+    """This process's cgroup v1 paths by controller."""
+    own: dict[str, str] = {}
+    for line in _read(Path("/proc/self/cgroup")).splitlines():
+        _, controllers, path = line.split(":", 2)
+        for c in controllers.split(","):
+            own[c] = path
+    return own
+
+
 class Run:
     def __init__(self, job_dir: Path) -> None:
         self.job_dir = job_dir
@@ -128,6 +253,7 @@ class Run:
         self.cpu = 0.0  # CPU seconds of the tree as last seen (used when the reaper could not report)
         self.lock = threading.Lock()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.cgroups: Cgroups | None = None
 
     def note(self, text: str) -> None:
         self.log.write(f"[opensci] {text}\n".encode())
@@ -182,8 +308,11 @@ class Run:
                 self.dropped += len(data) - keep
 
     def limits(self) -> None:
-        """In the child, before exec: no core dumps; the job's own process group (done by the session)."""
+        """In the child, before exec: no core dumps, the job's control groups; the job's own process group
+        (done by the session)."""
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if self.cgroups is not None:
+            self.cgroups.enter(os.getpid())
 
     def main(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -193,11 +322,29 @@ class Run:
         out_r, out_w = os.pipe()
         report_r, report_w = os.pipe()
         argv = [str(report_w) if word == REPORT_FD else word for word in self.spec["argv"]]
+        env = {**passed_through(os.environ), **self.spec["env"]}
+        cwd = self.spec["workdir"]
+        if self.spec.get("sandboxed"):
+            # The job's variables reach only the command inside the sandbox, through its reaper: bubblewrap
+            # itself runs on the host (as root, maybe), where LD_PRELOAD and the like must not touch it.
+            command_file = self.job_dir / COMMAND_FILE
+            fd = os.open(command_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump({"env": env}, f)
+            env, cwd = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, str(self.job_dir)
+        if self.spec.get("cgroups"):
+            self.cgroups = Cgroups.make(
+                f"opensci-job-{self.spec['job_id']}-{os.getpid()}",
+                int(self.spec["memory_bytes"]),
+                int(self.spec.get("max_processes") or 4096),
+            )
+            if self.cgroups is None:
+                self.note("cgroups: not available here; memory is limited by the processes' resident memory")
         try:
             self.proc = subprocess.Popen(
                 argv,
-                cwd=self.spec["workdir"],
-                env={**passed_through(os.environ), **self.spec["env"]},
+                cwd=cwd,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out_w,
                 stderr=subprocess.STDOUT,
@@ -224,6 +371,18 @@ class Run:
         watcher.join(timeout=2)
         copier.join(timeout=5)  # a process that escaped the tree may hold the pipe: do not wait for it
         reaped = _report(report_r)
+        group_cpu = None
+        if self.cgroups is not None:
+            if self.cgroups.oom_kills() and self.reason is None:
+                limit = int(self.spec["memory_bytes"])
+                self.reason = "memory"
+                self.message = (
+                    f"memory limit exceeded: the job used all of its {human_size(limit)} (files in memory "
+                    "included) and the kernel stopped it"
+                )
+                self.note(self.message)
+            group_cpu = self.cgroups.cpu_seconds()
+            self.cgroups.remove()
         if reaped.get("error"):
             return self.could_not_start(str(reaped["error"]), started, host)
         if self.dropped:
@@ -231,6 +390,8 @@ class Run:
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         own = usage.ru_utime + usage.ru_stime  # the command's, when it is the shim's own child
         cpu = own + float(reaped["cpu_seconds"]) if "cpu_seconds" in reaped else max(own, self.cpu)
+        if group_cpu is not None:  # everything the job ran, children it left behind included
+            cpu = max(cpu, group_cpu)
         status = {
             "exit_code": code if code >= 0 else 128 - code,
             "signal": signal.Signals(-code).name if code < 0 else None,
@@ -281,16 +442,34 @@ def _report(fd: int) -> dict[str, Any]:
     return report if isinstance(report, dict) else {}
 
 
-def reap(fd: int, command: list[str]) -> int:
-    """Inside the sandbox: run the command as this process's child, wait for it, and report on `fd` its exit
-    status and CPU time (with its waited-for children's), or why it could not start (exit code 127).
-    A cancel's TERM reaches the command from the shim; the reaper ignores it, to report afterwards."""
+def reap(args: list[str]) -> int:
+    """Inside the sandbox (`--reap FD [--user UID:GID] -- COMMAND…`): take the command's environment from
+    /opensci/command.json, become UID:GID when started as root (the sandbox's capabilities allow only
+    that; the change drops them) and forbid gaining privileges, run the command as this process's child,
+    wait for it, and report on FD its exit status and CPU time (with its waited-for children's), or why it
+    could not start (exit code 127). A cancel's TERM reaches the command from the shim; the reaper ignores
+    it, to report afterwards."""
+    fd = int(args[0])
     os.set_inheritable(fd, False)
+    rest, user = args[1:], None
+    if rest[:1] == ["--user"]:
+        uid, gid = (int(x) for x in rest[1].split(":"))
+        user, rest = (uid, gid), rest[2:]
+    command = rest[1:] if rest[:1] == ["--"] else rest
     stops = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     for sig in stops:
         signal.signal(sig, signal.SIG_IGN)
     try:
-        pid = os.posix_spawnp(command[0], command, dict(os.environ), setsigdef=stops)
+        with open(f"/opensci/{COMMAND_FILE}") as f:
+            env = json.load(f)["env"]
+        if user is not None and os.getuid() == 0:
+            os.setgroups([])
+            os.setgid(user[1])
+            os.setuid(user[0])
+        _no_new_privileges()
+        os.environ.clear()
+        os.environ.update(env)  # the command's PATH is the one its program is looked up in
+        pid = os.posix_spawnp(command[0], command, env, setsigdef=stops)
     except OSError as exc:
         os.write(fd, json.dumps({"error": f"could not start the command: {exc}"}).encode())
         return 127
@@ -308,7 +487,13 @@ def reap(fd: int, command: list[str]) -> int:
     return code
 
 
+def _no_new_privileges() -> None:
+    """prctl(PR_SET_NO_NEW_PRIVS): no set-user-id program can give the command more rights."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(38, 1, 0, 0, 0)
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--reap"]:
-        sys.exit(reap(int(sys.argv[2]), sys.argv[4:]))
+        sys.exit(reap(sys.argv[2:]))
     sys.exit(Run(Path(sys.argv[1])).main())

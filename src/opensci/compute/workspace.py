@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import pwd
 import shutil
 import stat
 import subprocess
@@ -33,7 +34,7 @@ from sqlalchemy.orm import Session
 from opensci.compute import envs
 from opensci.compute.executors.base import Launch, Resources
 from opensci.compute.models import Job
-from opensci.compute.shim import REPORT_FD, human_size
+from opensci.compute.shim import COMMAND_FILE, REPORT_FD, human_size
 from opensci.errors import OpenSciError
 from opensci.repos.gitstore import GitStore
 from opensci.repos.models import Repository
@@ -64,11 +65,31 @@ def note(log: IO[bytes], text: str) -> None:
 # --- sandbox ---------------------------------------------------------------------------------------------
 
 
+def _privileged() -> bool:
+    """Whether bubblewrap runs as root here (the server's user): then the sandbox drops to
+    `compute_sandbox_user` itself; otherwise bubblewrap maps that user onto the server's own."""
+    return os.geteuid() == 0
+
+
+def _isolation(network: bool) -> list[str]:
+    """Namespaces and privileges. As root, bubblewrap keeps only the capabilities to change users, which
+    the reaper uses to become `compute_sandbox_user` (a host user that owns nothing of the host) before
+    the command starts; unprivileged, a user namespace of its own maps that user onto the server's and
+    forbids nested ones. Either way the command has no capability and `no_new_privs` set."""
+    if _privileged():
+        a = ["--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+        a += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+        return a if network else [*a, "--unshare-net"]
+    a = ["--die-with-parent", "--unshare-all", "--unshare-user", "--uid", "65534", "--gid", "65534"]
+    a += ["--disable-userns", "--cap-drop", "ALL"]
+    return [*a, "--share-net"] if network else a
+
+
 @functools.cache
 def _bwrap_works(bwrap: str) -> bool:
     try:
         probe = subprocess.run(
-            [bwrap, *_ISOLATION, "--ro-bind", "/", "/", "--proc", "/proc", "true"],
+            [bwrap, *_isolation(False), "--ro-bind", "/", "/", "--proc", "/proc", "true"],
             capture_output=True,
             timeout=20,
         )
@@ -91,19 +112,22 @@ def sandbox_tool(settings: Settings, executor: str = "local") -> str | None:
     return None
 
 
-# A user namespace of its own in which the job is an unprivileged user with no capabilities, even when the
-# server runs as root: it cannot remount its read-only inputs and environment, or anything else.
-_ISOLATION = (
-    "--die-with-parent",
-    "--unshare-all",
-    "--unshare-user",
-    "--uid",
-    "65534",
-    "--gid",
-    "65534",
-    "--cap-drop",
-    "ALL",
-)
+def sandbox_user(settings: Settings) -> tuple[int, int] | None:
+    """(uid, gid) a root server's sandboxed jobs run as; None when the server is not root."""
+    if not _privileged():
+        return None
+    name = settings.compute_sandbox_user
+    try:
+        entry = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+    except KeyError:
+        raise PrepareError(
+            f"the sandbox user {name!r} (OPENSCI_COMPUTE_SANDBOX_USER) does not exist"
+        ) from None
+    if entry.pw_uid == 0:
+        raise PrepareError("the sandbox user (OPENSCI_COMPUTE_SANDBOX_USER) must not be root")
+    return entry.pw_uid, entry.pw_gid
+
+
 REAPER = "/opensci/shim.py"  # where the shim is inside the sandbox (read-only), to run as the reaper
 
 
@@ -116,32 +140,66 @@ def sandboxed(
     env_path: Path,
     python: str,
     network: bool,
+    user: tuple[int, int] | None,
 ) -> list[str]:
     """`argv` inside bubblewrap, as an unprivileged user without capabilities: the system's programs and
     libraries read-only, the job's working directory and home writable, its inputs and environment
-    read-only, /tmp and /dev/shm on the job's disk, the rest of / read-only, and no network unless
-    asked. Nothing else of the host (its users' homes, the platform's data) is there. The command runs
-    under the shim's reaper (see `shim.reap`), which reports its exit status and CPU time."""
+    read-only, /tmp and /dev/shm on the job's disk, /proc/sys and the rest of / read-only, and no network
+    unless asked. Nothing else of the host (its users' homes, the platform's data) is there. The command
+    runs under the shim's reaper (see `shim.reap`), which takes the command's environment from a file
+    (bubblewrap itself runs with none of the job's variables), becomes `user` when bubblewrap runs as
+    root, and reports the command's exit status and CPU time."""
     work, home = job / "work", job / "home"
-    a = [bwrap, *_ISOLATION, "--hostname", "opensci-job"]
-    if network:
-        a.append("--share-net")
+    a = [bwrap, *_isolation(network), "--hostname", "opensci-job"]
     a += ["--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"]
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
         if os.path.islink(top):
             a += ["--symlink", os.readlink(top), top]
         elif os.path.isdir(top):
             a += ["--ro-bind", top, top]
-    a += ["--proc", "/proc", "--dev", "/dev", "--bind", str(job / "shm"), "/dev/shm", "--remount-ro", "/dev"]
+    a += ["--proc", "/proc", "--ro-bind", "/proc/sys", "/proc/sys"]
+    a += ["--dev", "/dev", "--bind", str(job / "shm"), "/dev/shm", "--remount-ro", "/dev"]
     a += ["--bind", str(job / "tmp"), "/tmp"]
     prefix = Path(os.path.realpath(envs.base_python_of(env_path))).parent.parent
-    if not str(prefix).startswith("/usr/"):
+    own = [env_path, work, inputs, home]
+    if not str(prefix).startswith("/usr/"):  # an interpreter of its own (pyenv, conda …)
+        own.insert(0, prefix)
+    a += _folders_above(own)
+    if prefix in own:
         a += ["--ro-bind", str(prefix), str(prefix)]
     a += ["--ro-bind", str(env_path), str(env_path)]
     a += ["--bind", str(work), str(work), "--ro-bind", str(inputs), str(inputs)]
     a += ["--bind", str(home), str(home), "--ro-bind", str(job / "shim.py"), REAPER]
+    a += ["--ro-bind", str(job / COMMAND_FILE), f"/opensci/{COMMAND_FILE}"]
     a += ["--remount-ro", "/", "--chdir", str(work), "--"]
-    return [*a, python, "-S", "-I", REAPER, "--reap", REPORT_FD, "--", *argv]
+    reaper = [python, "-S", "-I", REAPER, "--reap", REPORT_FD]
+    if user is not None:
+        reaper += ["--user", f"{user[0]}:{user[1]}"]
+    return [*a, *reaper, "--", *argv]
+
+
+def _folders_above(paths: list[Path]) -> list[str]:
+    """Make the folders above these mount points in the sandbox readable by all (bubblewrap makes missing
+    ones private, as /root is, which the sandbox user could not pass through)."""
+    made: list[Path] = []
+    for path in paths:
+        for folder in reversed(path.parents):
+            if folder != Path("/") and folder not in made and str(folder) not in _SYSTEM:
+                made.append(folder)
+    return [arg for folder in made for arg in ("--perms", "0755", "--dir", str(folder))]
+
+
+_SYSTEM = {"/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/dev", "/tmp"}
+
+
+def _give(root: Path, user: tuple[int, int], *, keep: Path | None = None) -> None:
+    """Make `root` and what is below it (but `keep`) the sandbox user's, for a job that runs as it."""
+    os.chown(root, *user)
+    for dirpath, dirnames, filenames in os.walk(root):
+        if keep is not None and Path(dirpath) == keep.parent and keep.name in dirnames:
+            dirnames.remove(keep.name)
+        for name in (*dirnames, *filenames):
+            os.chown(os.path.join(dirpath, name), *user, follow_symlinks=False)
 
 
 # --- the job's directory ---------------------------------------------------------------------------------
@@ -330,8 +388,13 @@ def prepare(
     }
     if bwrap:
         network = bool(spec.get("env", {}).get("network", False))
+        user = sandbox_user(settings)
         (jd / "tmp").mkdir()
         (jd / "shm").mkdir()
+        if user is not None:  # what the job may write becomes the sandbox user's
+            _give(work, user, keep=work / "inputs")
+            for d in (home, jd / "tmp", jd / "shm"):
+                _give(d, user)
         argv = sandboxed(
             bwrap,
             argv,
@@ -340,6 +403,7 @@ def prepare(
             env_path=env.path,
             python=envs.base_python(settings),
             network=network,
+            user=user,
         )
         note(log, f"sandbox: bubblewrap, network {'on' if network else 'off'}, inputs read-only")
     else:
@@ -356,6 +420,12 @@ def prepare(
                 "cpus": job.cpus,
                 "kill_grace": 3,
                 "max_log_bytes": settings.compute_max_log_bytes,
+                "sandboxed": bool(bwrap),
+                # The local executor's jobs get control groups of their own where the shim may make them
+                # (root): a hard memory limit that also counts memory the process tree does not show
+                # (memfd, tmpfs), a process limit, and exact CPU time. Slurm does this on its nodes.
+                "cgroups": job.executor == "local",
+                "max_processes": settings.compute_max_processes,
             }
         )
     )
