@@ -107,9 +107,6 @@ def test_submit_from_flags_and_follow_until_it_ends(
     status = run("job", "status", str(job_id)).stdout
     assert status.startswith(f"job {job_id}: succeeded, exit code 0")
     for fact in (
-        f"alice/adder@main  {job['code']['commit']}",
-        f"alice/numbers@main  {job['inputs']['numbers']['commit']}",
-        f"alice/results branch runs  commit {job['output']['commit']}",
         "python sum.py --flag 'x y'",
         f"Python {job['environment']['python']}",
         "1 CPU, 1 GiB memory, time limit 5m00s, 0 GPUs",
@@ -117,6 +114,14 @@ def test_submit_from_flags_and_follow_until_it_ends(
         "wall ",
     ):
         assert fact in status, (fact, status)
+    # each commit whole on its own line, under its repository
+    for fact in (
+        rf"^code: +alice/adder@main\n +commit {job['code']['commit']}$",
+        rf"^input numbers: +alice/numbers@main\n +commit {job['inputs']['numbers']['commit']}$",
+        rf"^output: +alice/results, branch runs\n +commit {job['output']['commit']}$",
+        r"^variables: +GREETING=hello world, OTHER=$",
+    ):
+        assert re.search(fact, status, re.M), (fact, status)
     assert json.loads(run("job", "status", str(job_id), "--json").stdout) == job
 
     plain = run("job", "logs", str(job_id)).stdout

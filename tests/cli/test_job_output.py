@@ -17,11 +17,13 @@ from typer.testing import CliRunner
 
 from opensci.cli import job_view
 from opensci.cli.main import app as cli
+from opensci.client.types import Job
 from tests.api_helpers import API
 from tests.cli.terminal import in_a_terminal
 from tests.compute.conftest import (  # noqa: F401 (fixtures)
     code_repo,
     compute_app,
+    dataset,
     finished,
     http,
     server,
@@ -132,6 +134,149 @@ def test_the_list_shrinks_long_columns_and_drops_the_start_time_last(
     assert job_view.share_width([20, 40, 100], [9, 10, 10], [1, 1, 2], 20) == [9, 10, 10]
 
 
+# A command (and an environment variable) a job may carry that would clear the screen, retitle the
+# window, ring the bell, colour what follows and return the cursor if they reached a terminal raw.
+HOSTILE = "\u001b[2J\u001b]0;PWNED\u0007\u001b[31mRED\r\n"
+HOSTILE_SHOWN = "^[[2J^[]0;PWNED^G^[[31mRED^M⏎"
+SENT = (b"\x1b[2J", b"\x1b]0;", b"\x07", b"\x1b[31mRED", b"RED\r")
+
+
+def test_job_text_is_shown_not_sent_to_the_terminal(live_server: LiveServer, alice: Account) -> None:
+    with httpx.Client(base_url=live_server.url, timeout=30) as api:
+        code_repo(api, alice, "analysis", {"analyze.py": "print(1)\n"})
+        hostile = submit(
+            api,
+            alice,
+            {
+                "code": {"repo": "alice/analysis"},
+                "command": ["printf", HOSTILE],
+                "env": {"variables": {"GREETING": f"hello{HOSTILE}"}},
+            },
+        )
+        script = submit(
+            api,
+            alice,
+            {"code": {"repo": "alice/analysis"}, "command": ["sh", "-c", "for i in 1 2\ndo\techo $i\ndone"]},
+        )
+    env = cli_env(live_server.url, alice.token)
+    for argv in (["job", "status", str(hostile)], ["job", "list"]):
+        code, seen = in_a_terminal(argv, env)
+        assert code == 0, seen
+        for sent in SENT:
+            assert sent not in seen, (argv, sent, seen)
+        assert HOSTILE_SHOWN in seen.decode(), (argv, seen)
+    code, seen = in_a_terminal(["job", "status", str(hostile)], env)
+    assert f"GREETING=hello{HOSTILE_SHOWN}" in seen.decode()
+
+    # Into a pipe too (the table is for people: --json has the command as it is), one job a row: a
+    # script of several lines is shown on one, its line breaks and tabs shown as ⏎ and ⇥.
+    listed = CliRunner().invoke(cli, ["job", "list"], env=env)
+    assert listed.exit_code == 0, listed.output
+    rows = listed.stdout.splitlines()
+    assert [row.split()[0] for row in rows] == ["ID", str(script), str(hostile)], rows
+    assert "sh -c 'for i in 1 2⏎do⇥echo $i⏎done'" in rows[1]
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", listed.stdout)
+
+    # What the server says back in an error (a repository name it did not find) is shown too: here a
+    # C1 control sequence introducer and a right-to-left override.
+    code, seen = in_a_terminal(["job", "list", "--repo", "alice/x\x9b2J\u202e"], env)
+    assert code == 1 and "\x9b".encode() not in seen and "\u202e".encode() not in seen, seen
+    assert "error: repository alice/x\\x9b2J\\u202e not found" in seen.decode(), seen
+
+
+def test_job_status_reads_well_at_80_columns_without_breaking_an_id(
+    live_server: LiveServer, alice: Account
+) -> None:
+    name = "a-rather-long-name-for-the-analysis-code"
+    with httpx.Client(base_url=live_server.url, timeout=30) as api:
+        code_repo(api, alice, name, {"analyze.py": "print(1)\n"})
+        dataset(api, alice, "star-catalogue-of-the-northern-sky", {"stars.csv": "id\n1\n"})
+        dataset(api, alice, "results", None)
+        job_id = submit(
+            api,
+            alice,
+            {
+                "code": {"repo": f"alice/{name}", "rev": "main"},
+                "command": LONG,
+                "inputs": {
+                    "stars": {"repo": "alice/star-catalogue-of-the-northern-sky", "rev": "main"},
+                    "a-very-long-input-name": {"repo": "alice/star-catalogue-of-the-northern-sky"},
+                },
+                "output": {"repo": "alice/results", "branch": "runs"},
+            },
+        )
+        job = api.get(f"{API}/jobs/{job_id}", headers=alice.headers).json()
+    shown = CliRunner().invoke(
+        cli, ["job", "status", str(job_id)], env=cli_env(live_server.url, alice.token, 80)
+    )
+    assert shown.exit_code == 0, shown.output
+    lines = shown.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), shown.stdout
+    commit, stars = job["code"]["commit"], job["inputs"]["stars"]["commit"]
+    assert re.search(rf"^code:\s+alice/{name}@main\n\s+commit {commit}$", shown.stdout, re.M), shown.stdout
+    assert re.search(
+        rf"^input stars:\s+alice/star-catalogue-of-the-northern-sky@main\n\s+commit {stars}$",
+        shown.stdout,
+        re.M,
+    ), shown.stdout
+    # a long key has its value under it; the command wraps between its words, lined up
+    assert re.search(r"^input a-very-long-input-name:\n {16}alice/star-catalogue", shown.stdout, re.M)
+    assert re.search(r"^output:\s+alice/results, branch runs\n\s+commit \(none yet\)$", shown.stdout, re.M)
+    start = next(i for i, line in enumerate(lines) if line.startswith("command:"))
+    end = next(i for i in range(start + 1, len(lines)) if lines[i][:16].strip())
+    assert end - start > 1 and " ".join(line[16:] for line in lines[start:end]) == LONG, lines[start:end]
+
+
+def test_status_values_wrap_between_parts_never_inside_one(capsys: pytest.CaptureFixture[str]) -> None:
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    packages = [f"package-number-{i}==1.{i}.0" for i in range(12)]
+    job = Job.from_json(
+        {
+            "id": 7,
+            "status": "failed",
+            "phase": "done",
+            "url": "http://example.org/jobs/7",
+            "submitter": "alice",
+            "command": ["python", "run.py"],
+            "code": {"repo": "alice/x", "rev": "main", "commit": sha},
+            "inputs": {},
+            "output": None,
+            "executor": "local",
+            "resources": {"cpus": 1, "memory": 2**30, "time_limit": 60, "gpus": 0},
+            "environment": {
+                "requirements": ["numpy"],
+                "key": "k" * 24,
+                "python": "3.11.9",
+                "packages": packages,
+            },
+            "usage": {},
+            "exit_code": 3,
+            "reason": "exit_code",
+            "message": "the command ended\x1b[2J with exit code 3 " + "and a long explanation " * 5,
+            "attempts": 1,
+            "priority": 0,
+            "rerun_of": None,
+            "created_at": "2024-05-01T10:00:00+00:00",
+            "started_at": None,
+            "ended_at": None,
+        }
+    )
+    for width in (60, 80, 120):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("COLUMNS", str(width))
+            job_view.provenance(job)
+        out = capsys.readouterr().out
+        # (at 60 columns, a sha does not fit after the keys: its line is left long, not cut)
+        assert all(len(line) <= width or sha in line for line in out.splitlines()), (width, out)
+        shown = re.sub(r"\n {14,}", " ", out)  # continuation lines joined back
+        assert f"commit {sha}" in out and ", ".join(packages) in shown, (width, out)
+        assert "the command ended^[[2J with exit code 3" in shown and "\x1b" not in out
+    assert job_view.summary(job) == "job 7 failed (exit code 3): " + job_view.visible(job.message)
+    assert "\x1b" not in job_view.summary(job)
+    assert job_view.visible("a\x1b[1m\tb\nc\r\u202eé\x9b") == "a^[[1m⇥b⏎c^M\\u202eé\\x9b"
+    assert job_view.visible_lines("one\x07\ntwo") == "one^G\ntwo"
+
+
 # --- job logs -------------------------------------------------------------------------------------------
 
 
@@ -211,6 +356,37 @@ def test_logs_go_to_a_pipe_byte_for_byte_and_to_a_terminal_made_safe(
             "tab\\s+here, bad utf-8 \ufffd\ufffd ok", text
         ), text
         assert "plain line" in text and "100%" in text
+
+
+# A job that prints bytes that are not UTF-8 while it runs, and ends on half a character.
+BINARY = b"""\
+import os, sys, time
+out = sys.stdout.buffer
+out.write(b"a\\377\\376b\\n")
+out.flush()
+time.sleep(1.5)
+for i in range(30):
+    out.write(os.urandom(100))
+    out.flush()
+    time.sleep(0.03)
+out.write(b"\\xe2\\x82")
+"""
+
+
+def test_following_a_running_job_into_a_pipe_is_byte_for_byte(
+    server: LiveServer,  # noqa: F811
+    http: httpx.Client,  # noqa: F811
+    alice: Account,
+) -> None:
+    code_repo(http, alice, "binary", {"noise.py": BINARY})
+    job_id = submit(http, alice, {"code": {"repo": "alice/binary"}, "command": "python noise.py"})
+    runner = CliRunner()
+    followed = runner.invoke(cli, ["job", "logs", str(job_id), "-f"], env=cli_env(server.url, alice.token))
+    assert followed.exit_code == 0, followed.stderr
+    log = raw_log(http, alice, job_id)
+    assert b"a\xff\xfeb\n" in log and b"\xe2\x82[opensci] job" in log and len(log) > 3000
+    assert followed.stdout_bytes == log  # not the events' text, where such bytes become U+FFFD
+    assert f"job {job_id} succeeded" in followed.stderr
 
 
 def test_terminal_safe_text() -> None:

@@ -434,6 +434,22 @@ def test_a_finished_log_is_read_plainly_with_characters_cut_across_pages() -> No
     ]
 
 
+def test_bytes_of_a_running_job_are_read_plainly_until_it_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opensci.client.jobs import LogStream
+
+    monkeypatch.setattr(LogStream, "POLL", 0.01, raising=False)
+    # Not UTF-8: events would carry it as text with U+FFFD in place of these bytes.
+    log = b"[opensci] note\n" + bytes(range(256)) * 20 + b"a\xff\xfeb\n\xe2\x82"
+    for page in (1, 7, 4096):
+        fake = PagedLogClient(log, page, ends_after=len(log) // 2 // page + 5)
+        stream = LogStream(fake, 7)  # type: ignore[arg-type]
+        assert b"".join(stream.iter_bytes()) == log, page
+        assert fake.streams == []  # never followed with events
+        assert stream.end is not None and stream.end.status == "succeeded" and stream.offset == len(log)
+        # read on from where it was, with reads that found nothing new while the job ran
+        assert fake.reads == sorted(fake.reads) and fake.reads.count(len(log) // 2) > 1
+
+
 def test_following_a_finished_job_reads_its_log_plainly(
     sdk: Client,
     http: httpx.Client,  # noqa: F811

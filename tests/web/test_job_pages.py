@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -10,6 +11,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from opensci.web.views.jobs import form_message
 from tests.api_helpers import API, committed
 from tests.compute.conftest import code_repo, compute_app, dataset, finished  # noqa: F401 (a fixture)
 from tests.conftest import Account
@@ -310,7 +312,10 @@ def test_the_run_form_of_a_code_repository(
     bad_memory = post(memory="lots")
     assert bad_memory.status_code == 422 and "Memory: &#39;lots&#39; is not a size" in bad_memory.text
     no_output = post(output="alice/nowhere")
-    assert no_output.status_code == 422 and "repository alice/nowhere not found" in no_output.text
+    assert (
+        no_output.status_code == 422
+        and "Output dataset: repository alice/nowhere not found" in no_output.text
+    )
     not_code = post(command="")
     assert not_code.status_code == 422 and "Command: the command is empty" in not_code.text
     # Whoever finds the mistakes (the form, the spec's validation, the service), fields are named as
@@ -329,21 +334,38 @@ def test_the_run_form_of_a_code_repository(
         (("output", "alice/adder"),): ["Output dataset: "],
         # the spec's own words for a limit (as the API says it), under the form's label
         (("requirements", "numpy\n" * 201),): ["Requirements: 201 items; at most 200"],
+        # the numbers of the form in plain words, not pydantic's
+        (("cpus", "two"),): ["CPUs: write a whole number such as 2"],
+        (("cpus", "1.5"),): ["CPUs: write a whole number such as 2"],
+        (("time_limit", "0"),): ["Time limit: at least 1 second"],
+        (("time_limit", "soon"),): ["Time limit: write a whole number of seconds such as 3600"],
+        # what the service says without naming a field, under the field it is about
+        (("output", "nobody/none"),): ["Output dataset: repository nobody/none not found"],
+        (("inputs", "numbers=alice/numbers\nother=nobody/none"),): [
+            "Inputs, other: repository nobody/none not found"
+        ],
+        (("branch", "a..b"),): ["Branch: 'a..b' is not a valid branch name"],
+        (("requirements", "--index-url x"),): [
+            "Requirements: pip options such as '--index-url x' are not allowed"
+        ],
+        (("requirements", "numpy==="),): ["Requirements: 'numpy===' is not valid: "],
+        (("executor", "nope"),): ["Executor: 'nope' is not available here; use one of: local"],
     }
     for changes, expected in mistakes.items():
         refused = post(**dict(changes))
         error = re.search(r'<div class="flash error" role="alert">(.*?)</div>', refused.text, re.S)
         assert refused.status_code == 422 and error, (changes, refused.status_code)
-        assert all(part in error.group(1) for part in expected), (changes, error.group(1))
-        assert not re.search(r"\b(resources|env|code|output)\.\w+:|\binput \w+:", error.group(1)), (
-            error.group(1)
-        )
+        message = html.unescape(error.group(1)).strip()
+        assert all(part in message for part in expected), (changes, message)
+        assert message.startswith(expected[0]), (changes, message)  # the field first
+        assert not re.search(r"\b(resources|env|code|output)\.\w+:|\binput \w+:", message), message
+        assert "Input should" not in message and "\n" not in message and "^" not in message, message
     branch_alone = post(output="", branch="x")
     assert (
         branch_alone.status_code == 422 and "name the dataset that receives the outputs" in branch_alone.text
     )
     bad_requirement = post(requirements="--index-url http://x\n")
-    assert bad_requirement.status_code == 422 and "pip options are not allowed" in bad_requirement.text
+    assert bad_requirement.status_code == 422 and "pip options such as" in bad_requirement.text
     assert api.get(f"{API}/jobs", headers=alice.headers).json()["jobs"] == []  # nothing was queued
 
     # bob may read the code but not write to alice's dataset
@@ -351,7 +373,7 @@ def test_the_run_form_of_a_code_repository(
     refused = as_bob.post(
         "/alice/adder/run", data={**fields, "csrf_token": csrf_of(as_bob.get("/alice/adder/run").text)}
     )
-    assert refused.status_code == 403 and "you may not write to alice/results" in refused.text
+    assert refused.status_code == 403 and "Output dataset: you may not write to alice/results" in refused.text
     assert as_alice.post("/alice/adder/run", data={**fields, "csrf_token": "x"}).status_code == 403
 
     ok = post()
@@ -363,3 +385,40 @@ def test_the_run_form_of_a_code_repository(
     assert job["output"]["repo"] == "alice/results" and job["output"]["branch"] == "runs"
     assert job["resources"]["memory"] == 1024**3 and job["resources"]["time_limit"] == 600
     assert f'href="/jobs/{job_id}"' in as_alice.get("/alice/adder/run").text  # recent jobs
+
+
+def test_service_messages_are_put_under_the_field_they_concern() -> None:
+    form = {"inputs": "stars=alice/stars@v1\nother = nobody/none", "output": "nobody/none"}
+    said = {
+        # an input is resolved before the output: the input that names the repository is the one
+        "repository nobody/none not found": "Inputs, other: repository nobody/none not found",
+        "invalid branch name 'a..b'": "Branch: 'a..b' is not a valid branch name",
+        "requirement '--index-url x': pip options are not allowed": (
+            "Requirements: pip options such as '--index-url x' are not allowed"
+        ),
+        # a parser's message of several lines (the requirement, and a caret under the place)
+        "requirement 'numpy===' is not valid: Expected end or semicolon\n    numpy===\n         ^": (
+            "Requirements: 'numpy===' is not valid: Expected end or semicolon"
+        ),
+        "executor 'nope' is not available here; use one of: local": (
+            "Executor: 'nope' is not available here; use one of: local"
+        ),
+        "resources.cpus: the local executor has 2 CPUs": "CPUs: the local executor has 2 CPUs",
+        "code: revision 'x' not found in alice/adder": "Revision: 'x' not found in alice/adder",
+        "input stars: revision 'v1' not found in alice/stars": (
+            "Inputs, stars: revision 'v1' not found in alice/stars"
+        ),
+        "output.branch: invalid branch name 'a..b'": "Branch: 'a..b' is not a valid branch name",
+        "you may not write to nobody/none, the job's output": (
+            "Output dataset: you may not write to nobody/none"
+        ),
+        # a message about no field of the form stays as it is
+        "only administrators may give a job a priority above 0": (
+            "only administrators may give a job a priority above 0"
+        ),
+    }
+    for message, shown in said.items():
+        assert form_message(message, form) == shown, message
+    assert form_message("repository nobody/none not found", {"output": "nobody/none"}) == (
+        "Output dataset: repository nobody/none not found"
+    )

@@ -70,8 +70,12 @@ def follow(client: Client, job: Job, json_output: bool) -> None:
     try:
         with job_view.LiveStatus(job, enabled=not json_output, logs_to_stderr=json_output) as live:
             live.watch(client)
-            # What the log holds is read plainly first (fast however long), then followed live.
-            for data in client.follow_job_logs(job.id).iter_bytes():
+            # What the log holds is read plainly first (fast however long), then followed live: into a
+            # file or a pipe by reading on plainly, byte for byte; on a terminal, where it is shown
+            # decoded anyway, as the server's events (text) come.
+            stream = client.follow_job_logs(job.id)
+            pieces = (t.encode() for t in stream) if live.logs_to_terminal else stream.iter_bytes()
+            for data in pieces:
                 live.write(data)
     except KeyboardInterrupt:
         note(f"Stopped following job {job.id}; it goes on (`opensci job cancel {job.id}` stops it).")
@@ -92,15 +96,19 @@ def wait(client: Client, job: Job, json_output: bool) -> None:
 def _submitted(client: Client, job: Job, *, follow_it: bool, wait_it: bool, json_output: bool) -> None:
     of = f", a rerun of job {job.rerun_of}" if job.rerun_of is not None else ""
     if follow_it or wait_it:
-        note(f"Submitted job {job.id}{of}: {job.url}")
+        note(job_view.visible(f"Submitted job {job.id}{of}: {job.url}"))
         (follow if follow_it else wait)(client, job, json_output)
         return
     if json_output:
         print_json(job.raw)
         return
-    note(f"Submitted job {job.id}{of}, {job.status}. Follow it with `opensci job logs {job.id} -f`.")
+    note(
+        job_view.visible(
+            f"Submitted job {job.id}{of}, {job.status}. Follow it with `opensci job logs {job.id} -f`."
+        )
+    )
     typer.echo(job.id)
-    typer.echo(job.url)
+    typer.echo(job_view.visible(job.url))
 
 
 @job_app.command("submit")
@@ -313,7 +321,8 @@ def cancel(job_id: JobIdArg, json_output: JsonOpt = False) -> None:
     if job.finished:
         typer.echo(f"Cancelled job {job.id}.")
     else:
-        typer.echo(f"Stopping job {job.id} ({job.status}); `opensci job status {job.id}` shows when it has.")
+        status = job_view.visible(job.status)
+        typer.echo(f"Stopping job {job.id} ({status}); `opensci job status {job.id}` shows when it has.")
 
 
 @job_app.command("rerun")

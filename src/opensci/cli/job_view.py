@@ -38,6 +38,52 @@ STATUS_STYLES = {
 }
 
 
+# Control characters a job's output could use to drive the terminal (escape sequences move the
+# cursor, clear the screen, retitle the window, write to the clipboard, make the terminal answer as if
+# typed): shown in caret notation (ESC as `^[`, DEL as `^?`) and C1 controls as `\x9b`. Line feeds,
+# tabs and carriage returns (progress bars redraw their line with them) pass.
+_VISIBLE_CONTROLS = {
+    **{c: f"^{chr(c + 64)}" for c in range(0x20) if chr(c) not in "\t\n\r"},
+    0x7F: "^?",
+    **{c: f"\\x{c:02x}" for c in range(0x80, 0xA0)},
+}
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # the keys of _VISIBLE_CONTROLS
+
+
+def terminal_safe(text: str) -> str:
+    """Log text as it may be shown on a terminal: control characters but \\n, \\t and \\r made visible."""
+    return _CONTROL.sub(lambda m: _VISIBLE_CONTROLS[ord(m[0])], text)
+
+
+# What a job's fields (command, names, messages) may hold that would drive the terminal or hide text:
+# the controls above, and also tabs, carriage returns, the Unicode line separators and the bidirectional
+# controls that reorder what is shown ("Trojan Source"). In a field they are all shown: a line feed as
+# `⏎` and a tab as `⇥` (a field is one line of a table or of `job status`), the others in caret
+# notation or as `\u202e`.
+_FIELD_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_FIELD_SHOWN = {0x0A: "⏎", 0x09: "⇥", 0x0D: "^M"}
+
+
+def _shown(char: str) -> str:
+    code = ord(char)
+    if code in _FIELD_SHOWN:
+        return _FIELD_SHOWN[code]
+    return _VISIBLE_CONTROLS.get(code) or f"\\u{code:04x}"
+
+
+def visible(text: object) -> str:
+    """Text a job or the server supplied, for one line of a human display: every control character
+    (line feeds and tabs too) and every invisible reordering character shown, never sent."""
+    return _FIELD_CONTROL.sub(lambda m: _shown(m[0]), str(text))
+
+
+def visible_lines(text: object) -> str:
+    """Like `visible`, but line feeds stay line breaks (a message of several lines)."""
+    return "\n".join(visible(line) for line in str(text).split("\n"))
+
+
 def human_seconds(seconds: float | None) -> str:
     """`0.4 s`, `12 s`, `3m05s`, `1h02m`, `2d03h`."""
     if seconds is None:
@@ -72,16 +118,12 @@ def elapsed(job: Job, now: datetime | None = None) -> float | None:
 
 
 def command_line(job: Job) -> str:
-    return shlex.join(job.command)
-
-
-def ref_text(repo: str, rev: str | None, commit: str | None) -> str:
-    at = f"@{rev}" if rev else ""
-    return f"{repo}{at}" + (f"  {commit}" if commit else "")
+    """The job's command as a shell line on one line of the terminal (its control characters shown)."""
+    return visible(shlex.join(job.command))
 
 
 def status_text(job: Job) -> Text:
-    return Text(job.status, style=STATUS_STYLES.get(job.status, ""))
+    return Text(visible(job.status), style=STATUS_STYLES.get(job.status, ""))
 
 
 # `job list` columns. Those of fixed content (id, status, start, duration) are always shown whole; the
@@ -114,7 +156,7 @@ def share_width(natural: list[int], floors: list[int], weights: list[int], room:
 
 def table(jobs: list[Job], width: int | None = None) -> None:
     """The `job list` table, fitted to `width` (default: the console's) without ever cutting an id or
-    a status."""
+    a status. A job is one row: what it supplied (its command, names) is shown with `visible`."""
     from rich.cells import cell_len
     from rich.table import Table
 
@@ -127,8 +169,8 @@ def table(jobs: list[Job], width: int | None = None) -> None:
             {
                 "ID": Text(str(job.id)),
                 "STATUS": status_text(job),
-                "SUBMITTER": Text(job.submitter or "-"),
-                "CODE": Text(f"{job.code.repo}{short}"),
+                "SUBMITTER": Text(visible(job.submitter or "-")),
+                "CODE": Text(visible(f"{job.code.repo}{short}")),
                 "COMMAND": Text(command_line(job)),
                 "STARTED": Text(output.short_date(job.started_at)),
                 "DURATION": Text(human_seconds(elapsed(job))),
@@ -165,45 +207,99 @@ def table(jobs: list[Job], width: int | None = None) -> None:
     console.print(t)
 
 
+# `job status`: one `key: value` a row, the values lined up after the keys. A value is made of lines,
+# each a list of parts (a commit id, a package, a word of the command) packed as many to a line as the
+# width allows and never cut: a line that must be longer than the width is left long (the terminal
+# wraps it), so ids and shas are never broken, and a commit goes on its own line under its repository.
+_KEY_WIDTH = 16  # a longer key (`input some-long-name:`) has its value start on the next line
+
+
+class _Value:
+    """The value of a row of `job status`: lines of parts, each part shown with `visible`."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[list[str], str]] = []
+
+    def line(self, *parts: object, sep: str = ", ") -> _Value:
+        """A new line of `parts` (empty ones left out) joined by `sep`, wrapped between parts."""
+        self.lines.append(([visible(p) for p in parts if p != ""] or [""], sep))
+        return self
+
+    def wrapped(self, room: int) -> list[str]:
+        from rich.cells import cell_len
+
+        out: list[str] = []
+        for parts, sep in self.lines:
+            mark = sep.rstrip()  # ends a line that goes on: `a, b,` then `c` on the next line
+            current = ""
+            for i, part in enumerate(parts):
+                joined = f"{current}{sep}{part}" if current else part
+                if current and cell_len(joined) + (len(mark) if i < len(parts) - 1 else 0) > room:
+                    out.append(current + mark)
+                    current = part
+                else:
+                    current = joined
+            out.append(current)
+        return out
+
+
+def _ref(repo: str, rev: str | None, commit: str | None) -> _Value:
+    value = _Value().line(f"{repo}@{rev}" if rev else repo)
+    return value.line(f"commit {commit}") if commit else value
+
+
 def provenance(job: Job) -> None:
-    """Everything recorded about a job, one `key: value` a line, for `opensci job status`."""
+    """Everything recorded about a job, for `opensci job status`: fitted to the console's width (80
+    columns into a pipe) without breaking an id, a sha or any other word, and with what the job
+    supplied shown with `visible`."""
     headline = Text(f"job {job.id}: ")
     headline.append_text(status_text(job))
     if not job.finished and job.phase:
-        headline.append(f" ({job.phase})")
+        headline.append(f" ({visible(job.phase)})")
     if job.exit_code is not None:
         headline.append(f", exit code {job.exit_code}")
     if job.cancel_requested and not job.finished:
         headline.append(", cancel requested")
-    rows: list[tuple[str, str]] = [
-        ("url", job.url),
-        ("submitter", job.submitter or "-"),
-        ("command", command_line(job)),
-        ("code", ref_text(job.code.repo, job.code.rev, job.code.commit)),
+    rows: list[tuple[str, _Value]] = [
+        ("url", _Value().line(job.url)),
+        ("submitter", _Value().line(job.submitter or "-")),
+        ("command", _Value().line(*(shlex.quote(w) for w in job.command), sep=" ")),
+        ("code", _ref(job.code.repo, job.code.rev, job.code.commit)),
     ]
-    rows += [(f"input {name}", ref_text(r.repo, r.rev, r.commit)) for name, r in job.inputs.items()]
+    rows += [(f"input {name}", _ref(r.repo, r.rev, r.commit)) for name, r in job.inputs.items()]
     if job.output is not None:
         out = job.output
         commit = out.commit or ("(none yet)" if not job.finished else "(none)")
-        rows.append(("output", f"{out.repo} branch {out.branch}  commit {commit}"))
+        rows.append(("output", _Value().line(out.repo, f"branch {out.branch}").line(f"commit {commit}")))
     else:
-        rows.append(("output", "none"))
-    rows.append(("executor", f"{job.executor}, priority {job.priority}, attempts {job.attempts}"))
+        rows.append(("output", _Value().line("none")))
+    rows.append(
+        ("executor", _Value().line(job.executor, f"priority {job.priority}", f"attempts {job.attempts}"))
+    )
     res = job.resources
-    time_limit = human_seconds(res.time_limit)
     rows.append(
         (
             "resources",
-            f"{res.cpus} CPU{'s' if res.cpus != 1 else ''}, {binary_size(res.memory)} memory, "
-            f"time limit {time_limit}, {res.gpus} GPU{'s' if res.gpus != 1 else ''}",
+            _Value().line(
+                f"{res.cpus} CPU{'s' if res.cpus != 1 else ''}",
+                f"{binary_size(res.memory)} memory",
+                f"time limit {human_seconds(res.time_limit)}",
+                f"{res.gpus} GPU{'s' if res.gpus != 1 else ''}",
+            ),
         )
     )
     env = job.environment
-    rows.append(("requirements", ", ".join(env.requirements) or "none"))
+    rows.append(("requirements", _Value().line(*(env.requirements or ["none"]))))
+    variables = (job.spec.get("env") or {}).get("variables") or {}
+    if isinstance(variables, dict) and variables:
+        rows.append(("variables", _Value().line(*(f"{k}={v}" for k, v in variables.items()))))
     if env.python:
-        rows.append(("environment", f"Python {env.python}, key {env.key}, {len(env.packages)} package(s)"))
+        key = f"key {env.key}" if env.key else ""
+        rows.append(
+            ("environment", _Value().line(f"Python {env.python}", key, f"{len(env.packages)} package(s)"))
+        )
     if env.packages:
-        rows.append(("packages", ", ".join(env.packages)))
+        rows.append(("packages", _Value().line(*env.packages)))
     use = job.usage
     if use.wall_seconds is not None or use.cpu_seconds is not None:
         parts = [
@@ -216,23 +312,34 @@ def provenance(job: Job) -> None:
             parts.append(f"host {use.host}")
         if use.signal:
             parts.append(f"signal {use.signal}")
-        rows.append(("usage", ", ".join(parts)))
+        rows.append(("usage", _Value().line(*parts)))
     for key, value in (("created", job.created_at), ("started", job.started_at), ("ended", job.ended_at)):
         if value is not None:
-            rows.append((key, value.isoformat(timespec="seconds")))
+            rows.append((key, _Value().line(value.isoformat(timespec="seconds"))))
     if job.reason or job.message:
-        rows.append(("reason", f"{job.reason}: {job.message}" if job.reason else job.message))
+        reason = f"{job.reason}: {job.message}" if job.reason and job.message else job.reason or job.message
+        rows.append(("reason", _Value().line(*reason.split(" "), sep=" ")))  # wrapped between words
     if job.rerun_of is not None:
-        rows.append(("rerun of", f"job {job.rerun_of}"))
+        rows.append(("rerun of", _Value().line(f"job {job.rerun_of}")))
     console = output.stdout()
-    console.print(headline)
-    width = max(len(k) for k, _ in rows) + 2
-    for key, value in rows:
-        console.print(Text(f"{key + ':':<{width}}{value}"))
+    console.print(headline, soft_wrap=True)
+    keys = [visible(k) + ":" for k, _ in rows]
+    width = min(max(len(k) for k in keys), _KEY_WIDTH - 1) + 1
+    room = max(console.width - width, 20)
+    lines: list[str] = []
+    for key, (_, value) in zip(keys, rows, strict=True):
+        shown = value.wrapped(room)
+        if len(key) >= width:
+            lines.append(key)  # a long key (an input's name) on a line of its own
+        else:
+            lines.append(f"{key:<{width}}{shown.pop(0)}")
+        lines += [" " * width + line for line in shown]
+    # Soft wrap: rich writes the lines as they are (never cutting a sha); a terminal wraps a longer one.
+    console.print(Text("\n".join(lines)), soft_wrap=True)
 
 
 def summary(job: Job) -> str:
-    """One line on how the job ended (or stands)."""
+    """One line on how the job ended (or stands), with what the job supplied shown with `visible`."""
     took = human_seconds(elapsed(job))
     text = f"job {job.id} {job.status}" + (f" in {took}" if took and job.finished else "")
     if job.exit_code is not None:
@@ -241,26 +348,7 @@ def summary(job: Job) -> str:
         text += f"; outputs committed to {job.output.repo} ({job.output.branch}): {job.output.commit}"
     elif job.finished and not job.succeeded and job.message:
         text += f": {job.message}"
-    return text
-
-
-# Control characters a job's output could use to drive the terminal (escape sequences move the
-# cursor, clear the screen, retitle the window, write to the clipboard, make the terminal answer as if
-# typed): shown in caret notation (ESC as `^[`, DEL as `^?`) and C1 controls as `\x9b`. Line feeds,
-# tabs and carriage returns (progress bars redraw their line with them) pass.
-_VISIBLE_CONTROLS = {
-    **{c: f"^{chr(c + 64)}" for c in range(0x20) if chr(c) not in "\t\n\r"},
-    0x7F: "^?",
-    **{c: f"\\x{c:02x}" for c in range(0x80, 0xA0)},
-}
-
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # the keys of _VISIBLE_CONTROLS
-
-
-def terminal_safe(text: str) -> str:
-    """Log text as it may be shown on a terminal: control characters but \\n, \\t and \\r made visible."""
-    return _CONTROL.sub(lambda m: _VISIBLE_CONTROLS[ord(m[0])], text)
+    return visible(text)
 
 
 def last_rewrite(line: str) -> str:
@@ -370,6 +458,11 @@ class LiveStatus:
                 self.console = err
 
     @property
+    def logs_to_terminal(self) -> bool:
+        """The log goes to a terminal (so it is shown decoded, not written byte for byte)."""
+        return self._output.terminal
+
+    @property
     def shared(self) -> bool:
         """Log lines and the status line share one console: logs are printed above the line."""
         return self.console is not None and self.console.stderr == self.logs_to_stderr
@@ -391,7 +484,7 @@ class LiveStatus:
             shown = False  # the log shows the command's output: the phase read has not caught up yet
         phase = f" ({job.phase})" if shown else ""
         cancel = ", cancel requested" if job.cancel_requested and not job.finished else ""
-        return f"job {job.id} {job.status}{phase}{cancel}" + (f", {since}" if since else "")
+        return visible(f"job {job.id} {job.status}{phase}{cancel}" + (f", {since}" if since else ""))
 
     def __rich__(self) -> Spinner:
         assert self._spinner is not None

@@ -69,10 +69,13 @@ def note(message: str) -> None:
 
 def fail(message: str, hint: str = "", *, code: str = "error", as_json: bool = False) -> typer.Exit:
     """Print `error: message` (and the hint) on stderr, plus a JSON error on stdout with --json;
-    returns the Exit(1) to raise."""
-    typer.secho(f"error: {message}", fg="red", err=True)
+    returns the Exit(1) to raise. Control characters in them (a name the server echoes back) are shown,
+    not sent to the terminal."""
+    from opensci.cli.job_view import visible_lines
+
+    typer.secho(f"error: {visible_lines(message)}", fg="red", err=True)
     if hint:
-        typer.echo(f"hint: {hint}", err=True)
+        typer.echo(f"hint: {visible_lines(hint)}", err=True)
     if as_json:
         print_json({"error": code, "message": message, "hint": hint})
     return typer.Exit(1)

@@ -158,10 +158,13 @@ class LogStream:
     the end, it reconnects and goes on from the last byte received, so no line is lost or repeated.
     `offset` is the byte offset reached in the log.
 
-    `iter_bytes()` gives the same log as bytes instead: those already written exactly as stored, then
-    the UTF-8 of the text the events carry (a stream is read one way or the other, not both)."""
+    `iter_bytes()` gives the log as bytes instead, exactly as stored, byte for byte even where it is not
+    UTF-8 (events carry text, with such bytes replaced): it never switches to events, but reads on
+    plainly from `offset` every `POLL` seconds at most until the job has ended. A stream is read one
+    way or the other, not both."""
 
     RETRIES = 4
+    POLL = 0.5  # seconds between two reads of a running job's log that found nothing new (at most)
 
     def __init__(self, client: Client, job_id: int, offset: int = 0) -> None:
         self.client = client
@@ -169,6 +172,7 @@ class LogStream:
         self.offset = offset
         self.end: JobEnd | None = None
         self._failures = 0
+        self._plain = False  # iter_bytes: read plainly until the job ends, never follow with events
         self._pieces = self._read()
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._iterator = self._text()
@@ -180,7 +184,8 @@ class LogStream:
         return next(self._iterator)
 
     def iter_bytes(self) -> Iterator[bytes]:
-        """The log as bytes, piece by piece, until the job ends."""
+        """The log as bytes, piece by piece, exactly as stored, until the job ends."""
+        self._plain = True  # from the next read on (the text of events only if they were being read)
         for piece in self._pieces:
             yield piece if isinstance(piece, bytes) else piece.encode()
 
@@ -199,14 +204,26 @@ class LogStream:
             yield rest
 
     def _read(self) -> Iterator[bytes | str]:
-        """Bytes read plainly while catching up, then text from events. After a broken connection it
-        catches up again from `offset` (quick after a long break), then follows."""
+        """Bytes read plainly while catching up, then text from events (bytes read plainly again and
+        again, with `_plain`). After a broken connection it catches up again from `offset` (quick after
+        a long break), then follows."""
         self._failures = 0
         catching_up = True
+        idle = 0.0
         while self.end is None:
             try:
-                if catching_up:
+                if catching_up or self._plain:
+                    before = self.offset
                     catching_up = yield from self._catch_up()
+                    if self._plain and self.end is None:
+                        self._failures = 0  # the server answers: only failures in a row count
+                        # Read again soon after new bytes, less and less often while there are none.
+                        idle = (
+                            self.POLL / 5
+                            if self.offset > before
+                            else min(max(idle * 2, self.POLL / 5), self.POLL)
+                        )
+                        time.sleep(idle)
                     continue
                 yield from self._follow()
             except ConnectionFailed:
@@ -234,7 +251,7 @@ class LogStream:
             # The status is read before the bytes: if the job had ended, its whole log is in them.
             final = piece.status in JOB_FINAL_STATUSES
             data = piece.data
-            if not final:
+            if not final and not self._plain:
                 # A character cut at the end is left for the next read, which gets it whole.
                 data = data[: len(data) - incomplete_utf8_tail(data)]
             if not data:

@@ -23,6 +23,7 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import Response
 from markupsafe import Markup
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 from sqlalchemy.orm import Session
 
 from opensci.accounts.permissions import Actor
@@ -338,19 +339,133 @@ def form_label(loc: tuple[str | int, ...]) -> str:
     return ".".join(parts)
 
 
-def form_message(message: str) -> str:
-    """A message of the compute service with the spec path it starts with (`resources.memory: …`,
-    `input NAME: …`) named as the form names the field."""
+def _field_of(loc: tuple[str | int, ...]) -> str | None:
+    """The form field that fills the place `loc` of a spec, if one does."""
+    parts = tuple(str(x) for x in loc)
+    for size in range(len(parts), 0, -1):
+        if parts[:size] in SPEC_FIELDS:
+            return SPEC_FIELDS[parts[:size]]
+    return None
+
+
+def _first_line(text: str) -> str:
+    """A message's first line: a parser's message may go on with the text and a caret under it."""
+    return text.strip().split("\n", 1)[0].rstrip()
+
+
+# The whole numbers of the form, as its fields ask for them: (example, unit).
+_NUMBERS = {"cpus": ("2", ""), "time_limit": ("3600", " seconds")}
+_NOT_WHOLE = ("int_parsing", "int_type", "int_from_float", "int_parsing_size", "float_parsing")
+
+
+def _number_phrase(field: str, error: ErrorDetails) -> str | None:
+    """What is wrong with a number typed in the form, in the form's words, or None."""
+    example, unit = _NUMBERS[field]
+    kind, ctx = error["type"], error.get("ctx") or {}
+    if kind in _NOT_WHOLE:
+        return f"write a whole number{unit and ' of' + unit} such as {example}"
+    bound = ctx.get("ge", ctx.get("gt", ctx.get("le", ctx.get("lt"))))
+    if kind in ("greater_than_equal", "less_than_equal") and bound is not None:
+        unit = unit.removesuffix("s") if bound == 1 else unit
+        return f"{'at least' if kind == 'greater_than_equal' else 'at most'} {bound}{unit}"
+    return None
+
+
+def form_error(exc: ValidationError, limit: int = 5) -> str:
+    """The spec's validation errors about a filled-in Run form, as sentences that each start with the
+    field's label: the numbers typed in the form in its own words ("CPUs: write a whole number such as
+    2", "Time limit: at least 1 second"), the rest in the spec's words (`spec_error_message`)."""
+    sentences = []
+    for error in exc.errors()[:limit]:
+        loc = tuple(error["loc"])
+        field = _field_of(loc)
+        phrase = _number_phrase(field, error) if field in _NUMBERS else None
+        if phrase is not None:
+            sentences.append(f"{FIELD_LABELS[field]}: {phrase}")
+        else:
+            one = ValidationError.from_exception_data(exc.title, [error])  # type: ignore[list-item]
+            sentence = _first_line(spec_error_message(one, where=form_label))
+            label = f"{form_label(loc)}: "
+            if field is not None and sentence.startswith(label):
+                sentence = label + _phrase(sentence.removeprefix(label))
+            sentences.append(sentence)
+    more = len(exc.errors()) - limit
+    if more > 0:
+        sentences.append(f"and {more} more")
+    return "; ".join(sentences) or "the job cannot run as filled in"
+
+
+_REPR = r"(?:'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")"  # a Python repr of a string
+_NOT_FOUND = re.compile(r"^repository (?P<repo>\S+) not found$")
+_BAD_BRANCH = re.compile(rf"^invalid branch name (?P<name>{_REPR})(?P<rest>: .*)?$")
+_NOT_ALLOWED = re.compile(
+    rf"^requirement (?P<req>{_REPR}): (?P<what>.+?) (?:are|is) not allowed(?P<rest>.*)$"
+)
+_NO_WRITE = re.compile(r"^you may not write to (?P<repo>\S+), the job's output$")
+
+
+def _phrase(text: str) -> str:
+    """What the compute service says about a branch name or a requirement, as a plain phrase for under
+    the field's label."""
+    if (bad := _BAD_BRANCH.match(text)) is not None:
+        return f"{bad['name']} is not a valid branch name{bad['rest'] or ''}"
+    if (refused := _NOT_ALLOWED.match(text)) is not None:
+        return f"{refused['what']} such as {refused['req']} are not allowed{refused['rest']}"
+    return text.removeprefix("requirement ")
+
+
+def _placed(message: str, form: dict[str, str] | None) -> tuple[str | None, str]:
+    """The label of the form field a message of the compute service is about (None if it is about none
+    of them) and what it says of it."""
     match = _SPEC_PREFIX.match(message)
-    if match is None:
-        return message
-    if match["input"]:
-        loc: tuple[str, ...] = ("inputs", match["input"])
-    else:
-        loc = tuple(match["path"].split("."))
-        if not any(loc[:size] in SPEC_FIELDS for size in range(len(loc), 0, -1)):
-            return message
-    return f"{form_label(loc)}: {message[match.end() :]}"
+    if match is not None:
+        loc: tuple[str, ...] = (
+            ("inputs", match["input"]) if match["input"] else tuple(match["path"].split("."))
+        )
+        field = _field_of(loc)
+        if field is None:
+            return None, message
+        rest = message[match.end() :]
+        # `Revision: revision 'x' not found`: the field's name is not said twice
+        word = FIELD_LABELS[field].lower() + " "
+        return form_label(loc), rest[len(word) :] if rest.lower().startswith(word) else rest
+    if (found := _NOT_FOUND.match(message)) is not None:
+        # Inputs are resolved before the output: the first that names the repository is the one.
+        for name, ref in _input_refs((form or {}).get("inputs", "")):
+            if ref == found["repo"]:
+                return f"{FIELD_LABELS['inputs']}, {name}", message
+        if (form or {}).get("output", "").strip() == found["repo"]:
+            return FIELD_LABELS["output"], message
+        return None, message
+    if message.startswith("invalid branch name "):
+        return FIELD_LABELS["branch"], message
+    if message.startswith("requirement "):
+        return FIELD_LABELS["requirements"], message
+    if message.startswith("executor "):
+        return FIELD_LABELS["executor"], message.removeprefix("executor ")
+    if (denied := _NO_WRITE.match(message)) is not None:
+        return FIELD_LABELS["output"], f"you may not write to {denied['repo']}"
+    return None, message
+
+
+def form_message(message: str, form: dict[str, str] | None = None) -> str:
+    """A message of the compute service about a Run form, as one sentence that starts with the label
+    of the field it concerns: the spec path it starts with (`resources.memory: …`, `input NAME: …`)
+    named as the form names the field, and the messages that name no field (a repository not found,
+    a branch name, a requirement, the executor) put under the field they are about, found from what
+    they say and what `form` holds. Only the first line of a message of several lines is kept."""
+    label, text = _placed(_first_line(message), form)
+    return f"{label}: {_phrase(text)}" if label else text
+
+
+def _input_refs(text: str) -> list[tuple[str, str]]:
+    """The (name, repository) of each well-formed line of the Inputs field."""
+    refs = []
+    for line in text.splitlines():
+        name, sep, ref = line.strip().partition("=")
+        if sep and name.strip():
+            refs.append((name.strip(), ref.strip().partition("@")[0].strip()))
+    return refs
 
 
 def build_spec(repo: Repository, form: dict[str, str]) -> JobSpec:
@@ -377,7 +492,7 @@ def build_spec(repo: Repository, form: dict[str, str]) -> JobSpec:
     try:
         return JobSpec.model_validate(raw)
     except ValidationError as exc:
-        raise InvalidInput(spec_error_message(exc, where=form_label), code="invalid_spec") from exc
+        raise InvalidInput(form_error(exc), code="invalid_spec") from exc
 
 
 def _code_repo(actor: Actor, session: Session, owner: str, name: str) -> Repository:
@@ -482,7 +597,7 @@ def run_submit(
             repo,
             form,
             status=status,
-            error=form_message(exc.message),
+            error=form_message(exc.message, form),
         )
     _wake(request)
     return see_other(f"/jobs/{job.id}")
