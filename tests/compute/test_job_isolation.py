@@ -58,8 +58,8 @@ def test_outputs_that_link_outside_the_job_commit_nothing(
     tree = http.get(f"{API}/repos/alice/loot/tree/main", headers=alice.headers).json()
     names = {e["path"] for e in tree["entries"]}
     assert "ok.txt" in names and "home" not in names and "pw" not in names
-    assert "outputs/home is a link to a folder, not followed: not committed" in text
-    assert "outputs/pw is not a regular file" in text
+    assert "outputs/home is a link, not followed: not committed" in text
+    assert "outputs/pw is a link, not followed: not committed" in text
 
 
 def test_a_file_name_a_repository_cannot_hold_is_skipped_not_fatal(
@@ -302,3 +302,75 @@ def test_processes_are_limited_and_cpu_time_counts_what_was_left_behind(
     done, text = run(http, alice, ["sh", "-c", orphan])
     assert done["status"] == "succeeded", (done, text)
     assert done["usage"]["cpu_seconds"] >= 0.9, done["usage"]
+
+
+DEEP = """\
+import os
+for i in range(2100):
+    os.mkdir("d")
+    os.chdir("d")
+open("bottom.txt", "w").write("deep")
+"""
+
+ODD = """\
+import os
+open("outputs/good.txt", "w").write("ok")
+open(b"outputs/bad\\xffname", "w").write("z")
+for i in range(60):
+    os.symlink("/root" if i % 2 else "/nonexistent", f"outputs/link{i}")
+"""
+
+
+def test_odd_output_trees_skip_what_cannot_be_kept_and_commit_the_rest(
+    http: httpx.Client, alice: Account, compute_app: FastAPI
+) -> None:
+    code_repo(http, alice, "tool", {"deep.py": DEEP, "odd.py": ODD})
+    dataset(http, alice, "out", None)
+    done, text = run(
+        http,
+        alice,
+        ["sh", "-c", "cd outputs && python ../deep.py && echo top > ../outputs/top.txt"],
+        output={"repo": "alice/out"},
+    )
+    assert done["status"] == "succeeded", (done, text)
+    assert "is deeper than 256 folders: not committed" in text
+    tree = http.get(f"{API}/repos/alice/out/tree/main", headers=alice.headers).json()
+    assert "top.txt" in {e["path"] for e in tree["entries"]}
+    work = compute_app.state.settings.jobs_dir / str(done["id"]) / "work"
+    deadline = time.monotonic() + 20
+    while work.exists() and time.monotonic() < deadline:  # removed right after the status is recorded
+        time.sleep(0.1)
+    assert not work.exists()
+
+    done, text = run(http, alice, ["python", "odd.py"], output={"repo": "alice/out"})
+    assert done["status"] == "succeeded", (done, text)
+    assert "outputs/bad\\xffname has a name that is not UTF-8 text: not committed" in text
+    # Links are not resolved: one to an existing folder and one to nothing read the same.
+    assert "outputs/link0 is a link, not followed" in text and "outputs/link1 is a link, not followed" in text
+    assert "and 41 more entries of outputs/ are not committed" in text  # 61 skipped, 20 named
+    files = http.get(f"{API}/repos/alice/out/tree/main", headers=alice.headers).json()["entries"]
+    assert "good.txt" in {e["path"] for e in files}
+
+
+def test_output_trailers_do_not_name_private_sources_to_a_public_outputs_readers(
+    http: httpx.Client, alice: Account
+) -> None:
+    code_repo(http, alice, "tool", {"copy.sh": "cp inputs/secret/s.csv outputs/\n"}, private=True)
+    dataset(http, alice, "secret", {"s.csv": "a\n1\n"}, private=True)
+    dataset(http, alice, "public-out", None)
+    dataset(http, alice, "private-out", None, private=True)
+    for output, shown in (("alice/public-out", False), ("alice/private-out", True)):
+        done, text = run(
+            http,
+            alice,
+            ["sh", "copy.sh"],
+            inputs={"secret": {"repo": "alice/secret"}},
+            output={"repo": output},
+        )
+        assert done["status"] == "succeeded", (done, text)
+        commit = http.get(f"{API}/repos/{output}/commits/{done['output']['commit']}", headers=alice.headers)
+        message = commit.json()["message"]
+        assert ("alice/secret@" in message) is shown and ("alice/tool@" in message) is shown, message
+        if not shown:
+            assert "OpenSci-Input: secret=(a private repository)" in message
+            assert "OpenSci-Code: (a private repository)" in message

@@ -170,7 +170,9 @@ def test_memory_limit_stops_the_job(http: httpx.Client, alice: Account) -> None:
     assert done["status"] == "failed" and done["reason"] == "memory", (done, text)
     assert "memory limit exceeded" in done["message"]
     assert "never reached" not in text
-    assert done["usage"]["max_rss_bytes"] > 200 * 1024**2
+    # Stopped by the shim past 200 MiB of resident memory, or by the kernel at the job's control group's
+    # 200 MiB (which counts more than resident memory): either way it used most of it.
+    assert done["usage"]["max_rss_bytes"] > 150 * 1024**2
 
 
 PROBE = """\

@@ -8,6 +8,9 @@ ran on; `git log` shows them and `GET /api/v1/jobs/{id}` has the rest:
     OpenSci-Job: http://127.0.0.1:8000/jobs/12
     OpenSci-Code: alice/fitting@3f2c…
     OpenSci-Input: catalog=alice/gaia-sample@9e1a…
+
+A private repository among them is named only "(a private repository)" when the output's readers may not
+know of it (see `hidden_sources`).
 """
 
 from __future__ import annotations
@@ -31,37 +34,64 @@ from opensci.repos.models import Repository
 from opensci.settings import Settings
 from opensci.storage import files
 from opensci.storage.store import BlobStore
-from opensci.validation import check_repo_path
+from opensci.validation import MAX_PATH_DEPTH, check_repo_path
 
 
 class OutputError(Exception):
     """The outputs could not be committed; the message says why."""
 
 
-def message_of(settings: Settings, job: Job) -> str:
-    command = shlex.join(job.spec["command"])
+def message_of(settings: Settings, job: Job, hidden: frozenset[str] = frozenset()) -> str:
+    """The output commit's message: the job and its command, then trailers naming the code and inputs at
+    their commits, except those in `hidden` ("code", or an input's name), which say only "private"."""
+    command = " ".join(shlex.join(job.spec["command"]).split())  # one line, whatever the command holds
     if len(command) > 120:
         command = command[:117] + "..."
-    code = job.resolved["code"]
+
+    def ref(key: str, r: dict[str, str]) -> str:
+        return PRIVATE if key in hidden else f"{r['repo']}@{r['commit']}"
+
     lines = [
         f"Output of job {job.id}: {command}",
         "",
         f"OpenSci-Job: {settings.base_url.rstrip('/')}/jobs/{job.id}",
-        f"OpenSci-Code: {code['repo']}@{code['commit']}",
+        f"OpenSci-Code: {ref('code', job.resolved['code'])}",
     ]
-    lines += [
-        f"OpenSci-Input: {name}={ref['repo']}@{ref['commit']}" for name, ref in job.resolved["inputs"].items()
-    ]
+    lines += [f"OpenSci-Input: {name}={ref(name, r)}" for name, r in job.resolved["inputs"].items()]
     if job.rerun_of:
         lines.append(f"OpenSci-Rerun-Of: {job.rerun_of}")
     return "\n".join(lines) + "\n"
 
 
+PRIVATE = "(a private repository)"
+
+
+def hidden_sources(session: Session, job: Job, output: Repository) -> frozenset[str]:
+    """The job's code and inputs that the output's readers may not know about: private repositories,
+    unless the output is private to the same owner. Their trailers name no repository and no commit (the
+    job, visible to those who may read it all, keeps them)."""
+    hidden: set[str] = set()
+    sources = {"code": job.resolved["code"], **job.resolved["inputs"]}
+    for key, r in sources.items():
+        source = session.get(Repository, r.get("repo_id")) if r.get("repo_id") else None
+        if (
+            source is not None
+            and source.private
+            and not (output.private and source.owner_id == output.owner_id)
+        ):
+            hidden.add(key)
+    return frozenset(hidden)
+
+
+SKIPPED_NOTES = 20  # skipped files named one by one in the log; the rest are counted
+
+
 def output_files(outputs: Path) -> tuple[dict[str, Path], list[tuple[str, str]]]:
     """Regular files under `outputs` by repository path; and what was skipped, with why (links, odd
-    files, names a repository cannot hold). Nothing outside `outputs` is ever read: a job that made
-    `outputs` itself a link (to the platform's data, say) gets nothing committed, and links inside it are
-    neither followed nor committed."""
+    files, names a repository cannot hold, folders too deep). Nothing outside `outputs` is ever read or
+    even looked at: entries are classified by `lstat` alone, so links are neither followed nor resolved,
+    and a job that made `outputs` itself a link (to the platform's data, say) gets nothing committed.
+    The walk is iterative: a tree of any depth cannot exhaust the interpreter's stack."""
     found: dict[str, Path] = {}
     skipped: list[tuple[str, str]] = []
     try:
@@ -71,27 +101,49 @@ def output_files(outputs: Path) -> tuple[dict[str, Path], list[tuple[str, str]]]
     if not stat.S_ISDIR(top.st_mode):
         kind = "a link" if stat.S_ISLNK(top.st_mode) else "not a folder"
         return found, [("", f"outputs/ is {kind}; nothing under it is committed")]
-    for dirpath, dirnames, filenames in os.walk(outputs):  # never descends into links
-        dirnames.sort()
-        for name in list(dirnames):
-            if os.path.islink(os.path.join(dirpath, name)):
-                dirnames.remove(name)
-                rel = (Path(dirpath) / name).relative_to(outputs).as_posix()
-                skipped.append((rel, "is a link to a folder, not followed"))
-        for name in sorted(filenames):
-            path = Path(dirpath) / name
-            rel = path.relative_to(outputs).as_posix()
-            mode = os.lstat(path).st_mode
-            if not stat.S_ISREG(mode):
-                skipped.append((rel, "is not a regular file (a link, a pipe…)"))
+    folders: list[tuple[Path, str, int]] = [(outputs, "", 0)]  # (path, repository path, depth)
+    while folders:
+        folder, base, depth = folders.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda e: e.name, reverse=True)
+        except OSError as exc:
+            skipped.append((base or ".", f"cannot be read ({exc.strerror})"))
+            continue
+        for entry in entries:
+            rel = f"{base}{entry.name}"
+            shown = _shown(rel)
+            if shown != rel:
+                skipped.append((shown, "has a name that is not UTF-8 text"))
                 continue
-            try:
-                check_repo_path(rel)
-            except InvalidInput as exc:
-                skipped.append((rel, f"has a name a repository cannot hold ({exc.message})"))
-                continue
-            found[rel] = path
-    return found, skipped
+            mode = entry.stat(follow_symlinks=False).st_mode
+            if stat.S_ISLNK(mode):
+                skipped.append((rel, "is a link, not followed"))
+            elif stat.S_ISDIR(mode):
+                if depth + 1 >= MAX_PATH_DEPTH:
+                    skipped.append((rel, f"is deeper than {MAX_PATH_DEPTH} folders"))
+                else:
+                    folders.append((Path(entry.path), rel + "/", depth + 1))
+            elif not stat.S_ISREG(mode):
+                skipped.append((rel, "is not a regular file (a pipe, a socket…)"))
+            else:
+                try:
+                    check_repo_path(rel)
+                except InvalidInput as exc:
+                    skipped.append((rel, f"has a name a repository cannot hold ({exc.message})"))
+                    continue
+                found[rel] = Path(entry.path)
+    skipped.sort()
+    return dict(sorted(found.items())), skipped
+
+
+def _shown(name: str) -> str:
+    """A file name as text: itself when it is UTF-8, else with its undecodable bytes escaped."""
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return name
 
 
 def commit_outputs(
@@ -107,10 +159,12 @@ def commit_outputs(
     commit or nowhere to commit it). Large files go to the blob store, deduplicated, as for any commit."""
     target = job.resolved.get("output")
     found, skipped = output_files(outputs)
-    for rel, why in skipped:
+    for rel, why in skipped[:SKIPPED_NOTES]:
         if not rel and target is not None:  # outputs/ itself is a link: the job's outputs are not there
             raise OutputError(f"{why} (outputs are never read through links)")
         note(log, f"outputs/{rel} {why}: not committed" if rel else why)
+    if len(skipped) > SKIPPED_NOTES:
+        note(log, f"and {len(skipped) - SKIPPED_NOTES} more entries of outputs/ are not committed")
     if target is None:
         if found:
             note(log, f"{len(found)} files in outputs/ are not kept: the job has no output repository")
@@ -134,7 +188,13 @@ def commit_outputs(
             session, settings, blobs, repo, actor, g, base, {rel: Upload(file=p) for rel, p in found.items()}
         )
         commit, _ = repos.commit_files(
-            actor, session, store, repo, changes, message=message_of(settings, job), branch=target["branch"]
+            actor,
+            session,
+            store,
+            repo,
+            changes,
+            message=message_of(settings, job, hidden_sources(session, job, repo)),
+            branch=target["branch"],
         )
     except OpenSciError as exc:
         session.rollback()

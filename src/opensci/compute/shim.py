@@ -256,7 +256,7 @@ class Run:
         self.cgroups: Cgroups | None = None
 
     def note(self, text: str) -> None:
-        self.log.write(f"[opensci] {text}\n".encode())
+        self.log.write(f"[opensci] {text}\n".encode("utf-8", "backslashreplace"))
 
     def stop(self, reason: str, message: str) -> None:
         """Begin stopping the command (TERM now, KILL after the grace period); the first reason wins."""
@@ -294,13 +294,17 @@ class Run:
 
     def copy_output(self, fd: int) -> None:
         """Append what the command prints to the log, up to the limit; count and drop the rest."""
+        ended_line = True
         while data := os.read(fd, READ):
             keep = len(data) if not self.max_log else max(0, min(len(data), self.max_log - self.logged))
             if keep:
                 self.log.write(data[:keep])
                 self.logged += keep
+                ended_line = data[keep - 1 : keep] == b"\n"
             if keep < len(data):
                 if not self.dropped:
+                    if self.logged and not ended_line:
+                        self.log.write(b"\n")  # the note starts a line of its own
                     self.note(
                         f"the log reached its limit of {human_size(self.max_log)}: the rest of the "
                         "output is not kept (OPENSCI_COMPUTE_MAX_LOG_BYTES)"

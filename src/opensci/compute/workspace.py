@@ -22,7 +22,6 @@ import json
 import os
 import pwd
 import shutil
-import stat
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,7 +57,7 @@ def objects_dir(settings: Settings) -> Path:
 
 
 def note(log: IO[bytes], text: str) -> None:
-    log.write(f"[opensci] {text}\n".encode())
+    log.write(f"[opensci] {text}\n".encode("utf-8", "backslashreplace"))
     log.flush()
 
 
@@ -339,11 +338,8 @@ def prepare(
     jd = claim_dir(settings, job)
     work, home = jd / "work", jd / "home"
     for old in (work, home, jd / "tmp", jd / "shm", jd / "running.json", jd / "status.json"):
-        if old.is_dir() and not old.is_symlink():
-            _make_writable(old)
-            shutil.rmtree(old)
-        elif old.exists() or old.is_symlink():
-            old.unlink()
+        if old.exists() or old.is_symlink():
+            _remove(old)
     work.mkdir(parents=True)
     home.mkdir()
     spec, resolved = job.spec, job.resolved
@@ -450,17 +446,17 @@ def launch_of(settings: Settings, job: Job) -> Launch:
     return Launch(job.id, jd, [envs.base_python(settings), str(jd / "shim.py"), str(jd)], resources_of(job))
 
 
-def _make_writable(root: Path) -> None:
-    for dirpath, _, _ in os.walk(root):
-        os.chmod(dirpath, stat.S_IRWXU)
-
-
 def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        _make_writable(path)
-        shutil.rmtree(path)
-    else:
+    """Remove a file or a whole tree, however deep a job made it and whatever modes it left (coreutils
+    walk trees with file descriptors: no recursion limit, no path too long); links are not followed."""
+    if not path.is_dir() or path.is_symlink():
         path.unlink()
+        return
+    if os.geteuid() != 0:  # read-only folders (inputs) first become writable again
+        subprocess.run(["chmod", "-R", "u+rwx", "--", str(path)], capture_output=True, check=False)
+    done = subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], capture_output=True)
+    if done.returncode != 0 or path.exists():
+        raise OSError(f"could not remove {path}: {done.stderr.decode(errors='replace').strip()[-300:]}")
 
 
 def clean(settings: Settings, job_id: int) -> None:
