@@ -8,15 +8,19 @@ end so the exception stays deliberate.
 
 from __future__ import annotations
 
+import json
+import json.scanner
+import logging
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
-from opensci.app import create_app
+from opensci.app import _decoding_json, create_app
 from tests.api_helpers import API, committed, create_repo, new_account, standalone_app
 from tests.conftest import Account
 
@@ -430,3 +434,90 @@ def test_git_errors_are_plain_text_for_git_clients(world: World) -> None:
     assert r.status_code == 403
     assert not r.headers.get("content-type", "").startswith("application/json")
     assert r.text.strip()
+
+
+# --- JSON nested deeper than Python's decoder goes ---------------------------------------------------------
+
+DEEP = b"[" * 1000 + b"]" * 1000
+
+
+def _deep(prefix: str) -> bytes:
+    return prefix.encode() + DEEP + b"}"
+
+
+# Every kind of JSON body the server reads: FastAPI's (a 400 "error parsing the body" before), and the
+# routes that read theirs themselves (the jobs, the Hub's paths-info and commit, Git LFS: a 500 before).
+DEEP_BODIES: list[tuple[str, str, bytes, str]] = [
+    ("POST", f"{API}/users", _deep('{"name": "x", "password": '), "invalid_input"),
+    ("PATCH", f"{API}/user", _deep('{"description": '), "invalid_input"),
+    ("POST", f"{API}/repos", _deep('{"name": '), "invalid_input"),
+    ("POST", f"{API}/repos", b'{"a": ' * 1000 + b"1" + b"}" * 1000, "invalid_input"),
+    ("POST", f"{API}/repos/alice/data/refs", _deep('{"name": '), "invalid_input"),
+    ("PUT", f"{API}/orgs/lab/members/bob", _deep('{"role": '), "invalid_input"),
+    ("POST", f"{API}/datasets/alice/data/sql", _deep('{"sql": '), "invalid_input"),
+    (
+        "POST",
+        f"{API}/jobs",
+        _deep('{"code": {"repo": "alice/tool"}, "command": "true", "env": '),
+        "invalid_spec",
+    ),
+    ("POST", "/api/repos/create", _deep('{"name": '), "invalid_input"),
+    ("POST", "/api/datasets/alice/data/preupload/main", _deep('{"files": '), "invalid_input"),
+    ("POST", "/api/datasets/alice/data/paths-info/main", _deep('{"paths": '), "invalid_input"),
+    (
+        "POST",
+        "/api/datasets/alice/data/commit/main",
+        b'{"key": "header", "value": {"summary": "s"}}\n' + _deep('{"key": "file", "value": ') + b"\n",
+        "invalid_input",
+    ),
+    ("POST", "/datasets/alice/data.git/info/lfs/objects/batch", _deep('{"operation": '), "invalid_input"),
+    ("POST", "/datasets/alice/data.git/info/lfs/objects/verify", _deep('{"oid": '), "invalid_input"),
+]
+
+
+@pytest.mark.parametrize("method,url,body,code", DEEP_BODIES, ids=[f"{m} {u}" for m, u, _, _ in DEEP_BODIES])
+def test_a_body_nested_too_deeply_is_422(world: World, method: str, url: str, body: bytes, code: str) -> None:
+    r = world.client.request(
+        method, url, content=body, headers={**world.alice.headers, "Content-Type": "application/json"}
+    )
+    assert_envelope(r, 422, code)
+    assert r.json()["message"].startswith("the request body is nested too deeply"), r.json()
+
+
+def test_a_recursion_bug_is_still_a_500_and_logged(
+    world: World, small_client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only JSON decoding is the caller's mistake: any other RecursionError is the server's bug."""
+
+    def endless(n: int) -> int:
+        return endless(n + 1) + 1
+
+    def bug() -> None:
+        endless(0)
+
+    def decodes() -> None:
+        json.loads("[" * 5000)
+
+    app = small_client.app
+    app.router.routes.insert(0, APIRoute(f"{API}/test-recursion-bug", bug))  # type: ignore[attr-defined]
+    app.router.routes.insert(0, APIRoute(f"{API}/test-deep-json", decodes))  # type: ignore[attr-defined]
+    with caplog.at_level(logging.ERROR, logger="opensci"):
+        r = small_client.get(f"{API}/test-recursion-bug")
+    assert_envelope(r, 500, "internal_error")
+    assert any(rec.exc_info and rec.exc_info[0] is RecursionError for rec in caplog.records), caplog.records
+    assert_envelope(small_client.get(f"{API}/test-deep-json"), 422, "invalid_input")
+
+
+def test_recursion_in_the_pure_python_json_decoder_is_recognized() -> None:
+    decoder = json.JSONDecoder()
+    decoder.scan_once = json.scanner.py_make_scanner(decoder)  # type: ignore[attr-defined]
+    with pytest.raises(RecursionError) as caught:
+        decoder.decode("[" * 5000)
+    assert _decoding_json(caught.value)
+    with pytest.raises(RecursionError) as caught:
+
+        def endless(n: int) -> int:
+            return endless(n + 1) + 1
+
+        endless(0)
+    assert not _decoding_json(caught.value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -80,6 +81,25 @@ def _unstorable_text(exc: Exception) -> str | None:
     return None
 
 
+TOO_DEEP = (
+    "the request body is nested too deeply: its JSON holds arrays or objects hundreds of levels "
+    "inside one another"
+)
+
+
+def _decoding_json(exc: BaseException | None) -> bool:
+    """Whether `exc` is Python's recursion limit stopping a JSON decoder (a body of a thousand `[`: the
+    caller's mistake), rather than a recursion bug of the server, which stays a 500."""
+    if not isinstance(exc, RecursionError):
+        return False
+    if "while decoding a JSON" in str(exc):  # the C decoder's words
+        return True
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and Path(tb.tb_frame.f_code.co_filename).parent.name == "json"  # pure Python
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OpenSciError)
     async def _domain(request: Request, exc: OpenSciError) -> Response:
@@ -98,12 +118,28 @@ def install_error_handlers(app: FastAPI) -> None:
             raise exc
         return error_reply(request, 422, "invalid_input", message)
 
+    # JSON nested deeper than Python's recursion limit, wherever a route decodes it (FastAPI's own body
+    # parsing turns it into a 400 "error parsing the body", see `_http`; routes that read the body
+    # themselves let it through). Any other RecursionError is a bug: the 500 handler logs it.
+    @app.exception_handler(RecursionError)
+    async def _recursion(request: Request, exc: RecursionError) -> Response:
+        if not _decoding_json(exc):
+            raise exc
+        return _too_deep(request, exc)
+
+    def _too_deep(request: Request, exc: BaseException) -> Response:
+        rid = getattr(request.state, "request_id", "")
+        log.warning("JSON nested too deeply (request_id=%s): %s", rid, exc)
+        return error_reply(request, 422, "invalid_input", TOO_DEEP)
+
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
         return error_reply(request, 422, "invalid_input", _validation_message(list(exc.errors())))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if _decoding_json(exc.__cause__):  # FastAPI read a JSON body nested too deeply
+            return _too_deep(request, exc.__cause__)  # type: ignore[arg-type]
         code = _STATUS_CODES.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else code
         if exc.status_code == 404 and message == "Not Found":

@@ -139,3 +139,27 @@ def test_a_filter_no_name_can_match_is_refused(
     """Not a 500 from PostgreSQL, which refuses a NUL in text."""
     r = client.get(f"{API}/jobs", params=params, headers=alice.headers)
     assert error_code(r, 422) == code
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "owner=%00",
+        "owner=a%00",
+        "owner=%00&repo=%00",
+        "repo=a/%00",
+        "repo=%00/b",
+        "repo=%00",
+        "repo=alice/%00",
+        "repo=%00%00/%00",
+    ],
+)
+def test_the_jobs_page_with_a_nul_in_a_filter_is_4xx(
+    client: TestClient, alice: Account, jobs: list[dict[str, Any]], query: str
+) -> None:
+    """The web page answers an error page, never a 500 (PostgreSQL refused the NUL: psycopg DataError).
+    (An unknown `status` is ignored there: tests/test_nul_in_requests.py.)"""
+    for headers in ({}, alice.headers):
+        r = client.get(f"/jobs?{query}", headers={**headers, "Accept": "text/html"})
+        assert 400 <= r.status_code < 500, (query, r.status_code, r.text[:300])
+        assert r.headers["content-type"].startswith("text/html"), r.headers["content-type"]

@@ -70,6 +70,10 @@ def world(
     return World(app, client, alice, bob, root)
 
 
+# The start of a body whose `env` is nested as deep as a test wants: `env` is at depth 2.
+DEEP_PREFIX = b'{"code": {"repo": "alice/tool"}, "command": "true", "env": '
+
+
 def spec(**changes: Any) -> dict[str, Any]:
     """BASE with top-level fields replaced; a value of None removes the field."""
     out = copy.deepcopy(BASE)
@@ -295,19 +299,41 @@ CASES = [
         "repo_not_found",
         ("bob/hidden-out",),
     ),
+    # A branch that git refuses is a mistake of the spec like any other (finding: 422 invalid_ref).
     Case(
         "invalid output branch",
         fixed(spec(output={"repo": "alice/out", "branch": "bad..name"})),
         422,
-        "invalid_ref",
-        ("branch", "'bad..name'"),
+        "invalid_spec",
+        ("output.branch: invalid branch name 'bad..name'",),
+    ),
+    Case(
+        "invalid output branch under refs/heads/",
+        fixed(spec(output={"repo": "alice/out", "branch": "refs/heads/a..b"})),
+        422,
+        "invalid_spec",
+        ("output.branch: invalid branch name 'refs/heads/a..b'",),
     ),
     Case(
         "output branch that looks like an option",
         fixed(spec(output={"repo": "alice/out", "branch": "-f"})),
         422,
-        "invalid_ref",
-        ("branch", "'-f'"),
+        "invalid_spec",
+        ("output.branch", "'-f'"),
+    ),
+    Case(
+        "empty output branch",
+        fixed(spec(output={"repo": "alice/out", "branch": ""})),
+        422,
+        "invalid_spec",
+        ("output.branch", "invalid branch name ''"),
+    ),
+    Case(
+        "output branch with an unpaired surrogate",
+        fixed(json.dumps(spec(output={"repo": "alice/out", "branch": "a\udcffb"})).encode()),
+        422,
+        "invalid_spec",
+        ("output.branch", "not valid Unicode"),
     ),
     Case("requirement -e .", fixed(requirement("-e .")), 422, "invalid_spec", ("'-e .'", "options")),
     Case(
@@ -329,7 +355,14 @@ CASES = [
         fixed(requirement("numpy>=")),
         422,
         "invalid_spec",
-        ("'numpy>='", "not valid"),
+        ("requirement 'numpy>=' is not valid: expected", "(at character 6)"),
+    ),
+    Case(
+        "git URL requirement",
+        fixed(requirement("git+https://x/y")),
+        422,
+        "invalid_spec",
+        ("requirement 'git+https://x/y': direct URLs are not allowed",),
     ),
     Case(
         "path requirement",
@@ -365,6 +398,49 @@ CASES = [
         "invalid_spec",
         ("not valid JSON", "digits"),
     ),
+    # Python's JSON decoder stops at about 1000 levels with a RecursionError (finding: a 500).
+    Case(
+        "JSON nested 1000 deep",
+        fixed(DEEP_PREFIX + b"[" * 1000 + b"]" * 1000 + b"}"),
+        422,
+        "invalid_spec",
+        ("the request body is nested too deeply",),
+    ),
+    Case(
+        "JSON nested 100000 deep",
+        fixed(DEEP_PREFIX + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+        422,
+        "invalid_spec",
+        ("the request body is nested too deeply",),
+    ),
+    Case(
+        "JSON objects nested 1000 deep",
+        fixed(DEEP_PREFIX + b'{"a":' * 1000 + b"1" + b"}" * 1000 + b"}"),
+        422,
+        "invalid_spec",
+        ("the request body is nested too deeply",),
+    ),
+    Case(
+        "JSON nested 990 deep",  # decoded, but deeper than any spec: refused before validation
+        fixed(DEEP_PREFIX + b"[" * 990 + b"]" * 990 + b"}"),
+        422,
+        "invalid_spec",
+        ("the request body is nested too deeply", "at most 32 levels"),
+    ),
+    Case(
+        "JSON nested 33 deep",
+        fixed(DEEP_PREFIX + b"[" * 32 + b"]" * 32 + b"}"),
+        422,
+        "invalid_spec",
+        ("the request body is nested too deeply",),
+    ),
+    Case(
+        "JSON nested 32 deep",  # within the bound: refused for what it is
+        fixed(DEEP_PREFIX + b"[" * 31 + b"]" * 31 + b"}"),
+        422,
+        "invalid_spec",
+        ("env: must be an object, not a list",),
+    ),
     Case("a JSON list", fixed([spec()]), 422, "invalid_spec", ("JSON object", "not a list")),
     Case("a JSON string", fixed("python main.py"), 422, "invalid_spec", ("JSON object", "not a string")),
     Case("JSON null", fixed(b"null"), 422, "invalid_spec", ("JSON object", "not null")),
@@ -396,6 +472,29 @@ CASES = [
     ),
     Case("priority '0'", fixed(spec(priority="0")), 422, "invalid_spec", ("priority", "whole number")),
     Case("memory true", fixed(resources(memory=True)), 422, "invalid_spec", ("resources.memory", "size")),
+    # A size under what any process needs (finding: "1.5" was 1 byte, and the job was killed at once).
+    Case(
+        "memory '1.5'",
+        fixed(resources(memory="1.5")),
+        422,
+        "invalid_spec",
+        ("resources.memory: at least 16 MiB", "'1.5' is 1 byte", "512M"),
+    ),
+    Case("memory 1", fixed(resources(memory=1)), 422, "invalid_spec", ("resources.memory: at least 16 MiB",)),
+    Case(
+        "memory a byte under 16 MiB",
+        fixed(resources(memory=16 * 1024**2 - 1)),
+        422,
+        "invalid_spec",
+        ("resources.memory: at least 16 MiB",),
+    ),
+    Case(
+        "memory '15.9M'",
+        fixed(resources(memory="15.9M")),
+        422,
+        "invalid_spec",
+        ("resources.memory: at least 16 MiB",),
+    ),
     Case("memory 1.5", fixed(resources(memory=1.5)), 422, "invalid_spec", ("resources.memory", "size")),
     Case("command a number", fixed(spec(command=5)), 422, "invalid_spec", ("command", "list of words")),
     Case(
@@ -597,7 +696,7 @@ def test_a_refused_spec_queues_nothing(world: World, case: Case) -> None:
     message = r.json()["message"]
     for fragment in case.says:
         assert fragment.lower() in message.lower(), f"{fragment!r} not in {message!r}"
-    for boilerplate in ("Value error", "Input should", "[type=", "pydantic", "sys.", "codec"):
+    for boilerplate in ("Value error", "Input should", "[type=", "pydantic", "sys.", "codec", "\n"):
         assert boilerplate not in message, f"{boilerplate!r} in {message!r}"
     assert len(message) < 1000, message
     if case.status == 401:
@@ -656,6 +755,32 @@ def test_the_spec_is_normalized(world: World) -> None:
     assert job["executor"] == "local" and job["spec"]["executor"] == "local"
     assert job["environment"]["requirements"] == ["Requests>=2", "attrs"]
     assert job["spec"]["env"]["variables"] == {"SEED": "1"}
+
+
+def test_memory_of_16_mib_is_accepted(world: World) -> None:
+    for memory in ("16M", 16 * 1024**2, "0.015625G"):
+        r = world.client.post(f"{API}/jobs", json=resources(memory=memory), headers=world.alice.headers)
+        assert r.status_code == 201, r.text
+        assert r.json()["resources"]["memory"] == 16 * 1024**2
+
+
+def test_a_refusal_from_another_domain_while_resolving_the_spec_is_invalid_spec(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The route promises `invalid_spec` for every refused spec: a rule of the repositories' domain that
+    the service reaches while resolving one (`invalid_ref`, `invalid_path`) keeps its message only."""
+
+    def refuse(*args: Any, **kwargs: Any) -> Job:
+        raise InvalidInput("invalid branch name 'x..y'", code="invalid_ref")
+
+    r = world.client.post(f"{API}/jobs", json=spec(), headers=world.alice.headers)
+    assert r.status_code == 201, r.text
+    monkeypatch.setattr(service, "submit", refuse)
+    monkeypatch.setattr(service, "rerun", refuse)
+    for url in (f"{API}/jobs", f"{API}/jobs/{r.json()['id']}/rerun"):
+        refused = world.client.post(url, json=spec(), headers=world.alice.headers)
+        assert error_code(refused, 422) == "invalid_spec", url
+        assert refused.json()["message"] == "invalid branch name 'x..y'"
 
 
 def test_a_command_at_the_limits_is_accepted_and_one_byte_more_is_not(world: World) -> None:

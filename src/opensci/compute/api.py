@@ -7,7 +7,8 @@ import asyncio
 import codecs
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -75,6 +76,19 @@ _SPEC_BODY = {
 }
 
 
+@contextmanager
+def _spec_refusals() -> Iterator[None]:
+    """Every 422 about a spec is `invalid_spec`, as the route promises: a check of the repositories'
+    domain that the service reaches while resolving the spec (a ref or path rule: `invalid_ref`,
+    `invalid_path`…) answers with the spec's code, and its message."""
+    try:
+        yield
+    except InvalidInput as exc:
+        if exc.code == "invalid_spec":
+            raise
+        raise InvalidInput(exc.message, code="invalid_spec", headers=exc.headers) from exc
+
+
 def _job(actor: Actor, session: Session, job_id: int) -> Job:
     if not is_row_id(job_id):  # no job has it; the database would fail on it
         raise NotFound(f"job {job_id} not found", code="job_not_found")
@@ -103,7 +117,8 @@ def submit_job(
     store: StoreDep,
 ) -> JSONResponse:
     """Queue a job; 201 with the job (its `id` and `status`). Nothing is queued when the spec is refused."""
-    job = service.submit(actor, session, settings, store, spec)
+    with _spec_refusals():
+        job = service.submit(actor, session, settings, store, spec)
     _wake(request)
     return JSONResponse(service.job_dict(settings, session, job), status_code=201)
 
@@ -162,7 +177,9 @@ def rerun_job(
     store: StoreDep,
 ) -> JSONResponse:
     """Run the recorded spec again at the same commits of code and inputs."""
-    job = service.rerun(actor, session, settings, store, _job(actor, session, job_id))
+    job = _job(actor, session, job_id)
+    with _spec_refusals():
+        job = service.rerun(actor, session, settings, store, job)
     _wake(request)
     return JSONResponse(service.job_dict(settings, session, job), status_code=201)
 

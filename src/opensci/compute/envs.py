@@ -50,6 +50,25 @@ class JobEnv:
         }
 
 
+def _one_line(exc: InvalidRequirement) -> str:
+    """packaging's reason as one sentence: the first line of its message, and the place that the caret
+    diagram of the following lines points at ("expected … (at character 6)")."""
+    lines = str(exc).splitlines() or ["not a requirement"]
+    reason = lines[0].strip().rstrip(".")
+    reason = reason[:1].lower() + reason[1:]
+    caret = lines[-1].find("^") if len(lines) >= 3 else -1
+    if caret >= 4:  # the diagram is indented by 4 spaces
+        reason += f" (at character {caret - 4 + 1})"
+    return reason
+
+
+def _direct_url(text: str) -> InvalidInput:
+    return InvalidInput(
+        f"requirement {text!r}: direct URLs are not allowed; name a package on the index",
+        code="invalid_spec",
+    )
+
+
 def check_requirements(requirements: list[str]) -> list[str]:
     """Requirements as pip understands them, normalized and sorted; options, paths and URLs refused."""
     out = []
@@ -60,12 +79,13 @@ def check_requirements(requirements: list[str]) -> list[str]:
         try:
             req = Requirement(text)
         except InvalidRequirement as exc:
-            raise InvalidInput(f"requirement {text!r} is not valid: {exc}", code="invalid_spec") from exc
-        if req.url:
+            if "://" in text:  # pip's `git+https://…` form, which is no requirement at all
+                raise _direct_url(text) from None
             raise InvalidInput(
-                f"requirement {text!r}: direct URLs are not allowed; name a package on the index",
-                code="invalid_spec",
-            )
+                f"requirement {text!r} is not valid: {_one_line(exc)}", code="invalid_spec"
+            ) from None
+        if req.url:
+            raise _direct_url(text)
         out.append(str(req))
     return sorted(set(out))
 

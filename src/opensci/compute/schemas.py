@@ -18,6 +18,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from opensci.errors import InvalidInput
+from opensci.repos.gitstore import valid_ref_name
 
 INPUT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 REPO_NAME = re.compile(r"^[^/\s\x00-\x1f\x7f]+/[^/\s\x00-\x1f\x7f]+$")
@@ -34,8 +35,12 @@ MAX_VARIABLES = 256
 MAX_VARIABLES_BYTES = 64 * 1024  # NAME=value in UTF-8, each counted with its terminating NUL
 MAX_VARIABLE_CHARS = 4096
 MAX_MEMORY = 1024**5  # 1 PiB: above any machine, and far inside the database's 64-bit column
+MIN_MEMORY = 16 * 1024**2  # below what a small program needs: the job would be killed as it starts
 MAX_TIME_LIMIT = 2**31 - 1  # seconds (68 years); the column is a 32-bit integer
 MAX_SPEC_BYTES = 2 * 1024**2  # a JSON body larger than this cannot hold a valid spec
+# A valid spec nests 3 deep (the spec, "inputs", an input); Python's JSON decoder gives up
+# (RecursionError) somewhere under 1000 levels, depending on how deep the stack already is.
+MAX_SPEC_DEPTH = 32
 
 
 def _utf8_size(text: str, what: str) -> int:
@@ -128,9 +133,18 @@ class OutputSpec(BaseModel):
     @field_validator("branch")
     @classmethod
     def _branch(cls, v: str | None) -> str | None:
-        # The service checks the rest with git's rules (which a NUL would cut short).
-        if v is not None and CONTROL.search(v):
+        """A branch name by git's rules (as `refs/heads/<name>` too), so that a bad one is refused with the
+        spec's other mistakes (`invalid_spec`, naming `output.branch`)."""
+        if v is None:
+            return v
+        if CONTROL.search(v):  # pygit2 would read the name only up to a NUL
             raise ValueError(f"{v!r} is not a branch name")
+        name = v.removeprefix("refs/heads/")
+        try:
+            valid_ref_name("heads", name)
+        except InvalidInput as exc:  # "invalid branch name 'x'", perhaps with ": why"
+            why = exc.message.removeprefix(f"invalid branch name {name!r}")
+            raise ValueError(f"invalid branch name {v!r}{why}") from None
         return v
 
 
@@ -175,7 +189,15 @@ class ResourceSpec(BaseModel):
     @field_validator("memory", mode="before")
     @classmethod
     def _memory(cls, v: Any) -> int | None:
-        return None if v is None else parse_size(v)
+        if v is None:
+            return None
+        size = parse_size(v)
+        if size < MIN_MEMORY:
+            raise ValueError(
+                f"at least {MIN_MEMORY // 1024**2} MiB; {v!r} is {size} byte{'s' if size != 1 else ''} "
+                "(a number alone counts bytes: write a size such as 512M or 4G)"
+            )
+        return size
 
 
 class JobSpec(BaseModel):
@@ -336,6 +358,25 @@ def spec_too_large() -> InvalidInput:
     )
 
 
+def _nesting(value: Any) -> int:
+    """How deep JSON arrays and objects nest in `value` (0 for a scalar); counted without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, depth)
+            if depth <= MAX_SPEC_DEPTH:  # deeper is refused anyway
+                stack.extend((v, depth + 1) for v in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
+def _too_deep() -> InvalidInput:
+    return _refused(
+        f"the request body is nested too deeply: a job spec has at most {MAX_SPEC_DEPTH} levels of JSON "
+        "arrays and objects inside one another"
+    )
+
+
 def parse_spec(body: bytes) -> JobSpec:
     """The job spec in a JSON request body, validated strictly (JSON types are not coerced). Anything
     else is refused with 422 `invalid_spec` and a plain sentence naming the field."""
@@ -351,6 +392,8 @@ def parse_spec(body: bytes) -> JobSpec:
         ) from None
     except UnicodeDecodeError:
         raise _refused("the request body is not valid JSON: it is not UTF-8 text") from None
+    except RecursionError:  # Python's bound on nesting: far deeper than any spec
+        raise _too_deep() from None
     except ValueError:  # Python's bound on the digits of an integer
         raise _refused(
             "the request body is not valid JSON: it holds a number of thousands of digits"
@@ -359,6 +402,8 @@ def parse_spec(body: bytes) -> JobSpec:
         raise _refused(
             f'the job spec must be a JSON object ({{"code": …, "command": …}}), not {_json_type(raw)}'
         )
+    if _nesting(raw) > MAX_SPEC_DEPTH:  # nor may validation and its messages recurse through it
+        raise _too_deep()
     try:
         return JobSpec.model_validate(raw, strict=True)
     except ValidationError as exc:
