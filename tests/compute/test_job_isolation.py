@@ -6,6 +6,7 @@ is told about itself (its real CPU time, a clear 127 for a missing program)."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from fastapi import FastAPI
 
 from tests.api_helpers import API
 from tests.compute.conftest import code_repo, dataset, finished, logs, submit
-from tests.conftest import Account, need, need_binary
+from tests.conftest import Account, LiveServer, need, need_binary
 
 SH = {"run.sh": "#!/bin/sh\n"}
 
@@ -374,3 +375,47 @@ def test_output_trailers_do_not_name_private_sources_to_a_public_outputs_readers
         if not shown:
             assert "OpenSci-Input: secret=(a private repository)" in message
             assert "OpenSci-Code: (a private repository)" in message
+
+
+REACH = """\
+import json, os, pathlib, socket, sys
+lines = open("/proc/net/dev").read().splitlines()[2:]
+r = {"devices": sorted(line.split(":")[0].strip() for line in lines)}
+def reach(host, port):
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+        return True
+    except OSError:
+        return False
+r["outside"] = reach(sys.argv[1], sys.argv[2])
+r["loopback"] = reach("127.0.0.1", sys.argv[3])
+r["host_loopback"] = reach("10.0.2.2", sys.argv[3])
+pathlib.Path("outputs/r.json").write_text(json.dumps(r))
+"""
+
+
+def test_a_job_with_network_has_its_own_without_the_hosts_loopback(
+    http: httpx.Client, alice: Account, server: LiveServer
+) -> None:
+    """Network on: the job reaches the world (here, a server on this machine's outward address) through
+    slirp4netns, but not the services that listen only on the host's loopback (the platform, databases)."""
+    need_binary("bwrap")
+    need_binary("slirp4netns")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))  # no packet is sent: this picks the outward address
+        address = probe.getsockname()[0]
+    need(not address.startswith("127."), "this machine has no outward IPv4 address")
+    outside = socket.socket()
+    outside.bind((address, 0))
+    outside.listen()
+    try:
+        code_repo(http, alice, "tool", {"reach.py": REACH})
+        dataset(http, alice, "out", None)
+        argv = ["python", "reach.py", address, str(outside.getsockname()[1]), str(server.port)]
+        done, text = run(http, alice, argv, env={"network": True}, output={"repo": "alice/out"})
+        assert done["status"] == "succeeded", (done, text)
+        assert "a network of its own" in text
+        r = http.get(f"/datasets/alice/out/resolve/{done['output']['commit']}/r.json").json()
+        assert r == {"devices": ["lo", "tap0"], "outside": True, "loopback": False, "host_loopback": False}, r
+    finally:
+        outside.close()

@@ -41,6 +41,7 @@ CLOCK = os.sysconf("SC_CLK_TCK")
 TICK = 0.25
 REPORT_FD = "@report-fd@"  # in job.json's argv: the pipe the reaper reports on
 COMMAND_FILE = "command.json"  # the command's environment, for the reaper (in the sandbox at /opensci/)
+INFO_FD, BLOCK_FD = "@info-fd@", "@block-fd@"  # in job.json's argv: bubblewrap's pipes (see Network)
 READ = 64 * 1024
 
 
@@ -238,6 +239,85 @@ def _own_cgroups() -> dict[str, str]:
     return own
 
 
+class Network:
+    """A job's own network, through slirp4netns: bubblewrap makes an empty network namespace, tells its
+    init's pid on `--info-fd` and waits on `--block-fd`; slirp4netns gives the namespace a tap device with
+    NAT to the outside world (not to the host's loopback, where its private services listen), then the
+    command is let go. slirp4netns ends when its exit pipe closes, at the end of the job."""
+
+    def __init__(self, slirp: str, userns: bool) -> None:
+        self.slirp, self.userns = slirp, userns
+        self.info_r, self.info_w = os.pipe()
+        self.block_r, self.block_w = os.pipe()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.exit_w: int | None = None
+
+    def argv(self, argv: list[str]) -> list[str]:
+        fds = {INFO_FD: str(self.info_w), BLOCK_FD: str(self.block_r)}
+        return [fds.get(word, word) for word in argv]
+
+    @property
+    def fds(self) -> tuple[int, int]:
+        return self.info_w, self.block_r
+
+    def started(self) -> None:
+        """After bubblewrap started: close its ends of the pipes."""
+        os.close(self.info_w)
+        os.close(self.block_r)
+
+    def connect(self, timeout: float = 15.0) -> None:
+        """Give the sandbox its network and let the command start; OSError if that fails."""
+        info = b""
+        deadline = time.monotonic() + timeout
+        while not info.rstrip().endswith(b"}"):
+            if not select.select([self.info_r], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                raise OSError("the sandbox did not say where it is")
+            part = os.read(self.info_r, READ)
+            if not part:
+                raise OSError("the sandbox ended before its network was made")
+            info += part
+        pid = int(json.loads(info)["child-pid"])
+        ready_r, ready_w = os.pipe()
+        exit_r, self.exit_w = os.pipe()
+        argv = [self.slirp, "--configure", "--mtu=65520", "--disable-host-loopback", "--enable-sandbox"]
+        argv += ["--enable-seccomp", "--ready-fd", str(ready_w), "--exit-fd", str(exit_r)]
+        if self.userns:
+            argv.append(f"--userns-path=/proc/{pid}/ns/user")
+        try:
+            self.proc = subprocess.Popen(
+                [*argv, str(pid), "tap0"],
+                pass_fds=(ready_w, exit_r),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        finally:
+            os.close(ready_w)
+            os.close(exit_r)
+        try:
+            if not select.select([ready_r], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                raise OSError("slirp4netns did not get ready in time")
+            if os.read(ready_r, 1) != b"1":
+                raise OSError("slirp4netns could not configure the sandbox's network")
+        finally:
+            os.close(ready_r)
+        os.write(self.block_w, b"1")
+        os.close(self.block_w)
+        self.block_w = -1
+
+    def close(self) -> None:
+        os.close(self.info_r)
+        if self.block_w >= 0:
+            os.close(self.block_w)
+        if self.exit_w is not None:
+            os.close(self.exit_w)
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
 class Run:
     def __init__(self, job_dir: Path) -> None:
         self.job_dir = job_dir
@@ -344,6 +424,10 @@ class Run:
             )
             if self.cgroups is None:
                 self.note("cgroups: not available here; memory is limited by the processes' resident memory")
+        network = Network(**self.spec["network"]) if self.spec.get("network") else None
+        pass_fds = (report_w,) if REPORT_FD in self.spec["argv"] else ()
+        if network is not None:
+            argv, pass_fds = network.argv(argv), (*pass_fds, *network.fds)
         try:
             self.proc = subprocess.Popen(
                 argv,
@@ -354,13 +438,25 @@ class Run:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 preexec_fn=self.limits,
-                pass_fds=(report_w,) if REPORT_FD in self.spec["argv"] else (),
+                pass_fds=pass_fds,
             )
         except OSError as exc:
+            if network is not None:
+                network.started()
+                network.close()
             return self.could_not_start(f"could not start the command: {exc}", started, host)
         finally:
             os.close(out_w)
             os.close(report_w)
+        if network is not None:
+            network.started()
+            try:
+                network.connect()
+            except (OSError, ValueError, KeyError) as exc:
+                signal_tree(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+                network.close()
+                return self.could_not_start(f"could not give the job its network: {exc}", started, host)
         write_json(
             self.job_dir / "running.json",
             {"shim_pid": os.getpid(), "pid": self.proc.pid, "host": host, "started_at": started},
@@ -372,6 +468,8 @@ class Run:
         code = self.proc.wait()
         ended = time.time()
         signal_tree(self.proc.pid, signal.SIGKILL)  # anything the command left behind in its tree
+        if network is not None:
+            network.close()
         watcher.join(timeout=2)
         copier.join(timeout=5)  # a process that escaped the tree may hold the pipe: do not wait for it
         reaped = _report(report_r)

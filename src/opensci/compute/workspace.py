@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 from opensci.compute import envs
 from opensci.compute.executors.base import Launch, Resources
 from opensci.compute.models import Job
-from opensci.compute.shim import COMMAND_FILE, REPORT_FD, human_size
+from opensci.compute.shim import BLOCK_FD, COMMAND_FILE, INFO_FD, REPORT_FD, human_size
 from opensci.errors import OpenSciError
 from opensci.repos.gitstore import GitStore
 from opensci.repos.models import Repository
@@ -70,7 +70,7 @@ def _privileged() -> bool:
     return os.geteuid() == 0
 
 
-def _isolation(network: bool) -> list[str]:
+def _isolation(host_network: bool) -> list[str]:
     """Namespaces and privileges. As root, bubblewrap keeps only the capabilities to change users, which
     the reaper uses to become `compute_sandbox_user` (a host user that owns nothing of the host) before
     the command starts; unprivileged, a user namespace of its own maps that user onto the server's and
@@ -78,17 +78,17 @@ def _isolation(network: bool) -> list[str]:
     if _privileged():
         a = ["--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
         a += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
-        return a if network else [*a, "--unshare-net"]
+        return a if host_network else [*a, "--unshare-net"]
     a = ["--die-with-parent", "--unshare-all", "--unshare-user", "--uid", "65534", "--gid", "65534"]
     a += ["--disable-userns", "--cap-drop", "ALL"]
-    return [*a, "--share-net"] if network else a
+    return [*a, "--share-net"] if host_network else a
 
 
 @functools.cache
 def _bwrap_works(bwrap: str) -> bool:
     try:
         probe = subprocess.run(
-            [bwrap, *_isolation(False), "--ro-bind", "/", "/", "--proc", "/proc", "true"],
+            [bwrap, *_isolation(host_network=False), "--ro-bind", "/", "/", "--proc", "/proc", "true"],
             capture_output=True,
             timeout=20,
         )
@@ -139,18 +139,23 @@ def sandboxed(
     env_path: Path,
     python: str,
     network: bool,
+    slirp: bool,
     user: tuple[int, int] | None,
 ) -> list[str]:
     """`argv` inside bubblewrap, as an unprivileged user without capabilities: the system's programs and
     libraries read-only, the job's working directory and home writable, its inputs and environment
     read-only, /tmp and /dev/shm on the job's disk, /proc/sys and the rest of / read-only, and no network
-    unless asked. Nothing else of the host (its users' homes, the platform's data) is there. The command
+    unless asked: a network of its own through slirp4netns (`slirp`, see `shim.Network`), or else the host's.
+    Nothing else of the host (its users' homes, the platform's data) is there. The command
     runs under the shim's reaper (see `shim.reap`), which takes the command's environment from a file
     (bubblewrap itself runs with none of the job's variables), becomes `user` when bubblewrap runs as
     root, and reports the command's exit status and CPU time."""
     work, home = job / "work", job / "home"
-    a = [bwrap, *_isolation(network), "--hostname", "opensci-job"]
+    a = [bwrap, *_isolation(host_network=network and not slirp), "--hostname", "opensci-job"]
     a += ["--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"]
+    if network and slirp:  # slirp4netns's DNS forwarder; the command waits until the network is there
+        a += ["--ro-bind", str(job / "resolv.conf"), "/etc/resolv.conf"]
+        a += ["--info-fd", INFO_FD, "--block-fd", BLOCK_FD]
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
         if os.path.islink(top):
             a += ["--symlink", os.readlink(top), top]
@@ -337,7 +342,8 @@ def prepare(
     """Set up the job's directory and return how to launch it. Raises PrepareError or envs.EnvError."""
     jd = claim_dir(settings, job)
     work, home = jd / "work", jd / "home"
-    for old in (work, home, jd / "tmp", jd / "shm", jd / "running.json", jd / "status.json"):
+    leftovers = ("tmp", "shm", "running.json", "status.json", "resolv.conf")
+    for old in (work, home, *(jd / name for name in leftovers)):
         if old.exists() or old.is_symlink():
             _remove(old)
     work.mkdir(parents=True)
@@ -382,8 +388,13 @@ def prepare(
         "OPENSCI_OUTPUTS": str(work / "outputs"),
         **{k: str(job.cpus) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
     }
+    network_spec = None
     if bwrap:
         network = bool(spec.get("env", {}).get("network", False))
+        slirp = shutil.which("slirp4netns") if network else None
+        if slirp:
+            (jd / "resolv.conf").write_text("nameserver 10.0.2.3\n")
+            network_spec = {"slirp": slirp, "userns": not _privileged()}
         user = sandbox_user(settings)
         (jd / "tmp").mkdir()
         (jd / "shm").mkdir()
@@ -399,9 +410,16 @@ def prepare(
             env_path=env.path,
             python=envs.base_python(settings),
             network=network,
+            slirp=bool(slirp),
             user=user,
         )
-        note(log, f"sandbox: bubblewrap, network {'on' if network else 'off'}, inputs read-only")
+        if not network:
+            how = "off"
+        elif slirp:
+            how = "on (a network of its own: the host's loopback services are out of reach)"
+        else:
+            how = "on (the host's: without slirp4netns, services on the host's loopback are reachable)"
+        note(log, f"sandbox: bubblewrap, network {how}, inputs read-only")
     else:
         note(log, "sandbox: none (bubblewrap is not available or is turned off)")
     (jd / "job.json").write_text(
@@ -417,6 +435,7 @@ def prepare(
                 "kill_grace": 3,
                 "max_log_bytes": settings.compute_max_log_bytes,
                 "sandboxed": bool(bwrap),
+                "network": network_spec,
                 # The local executor's jobs get control groups of their own where the shim may make them
                 # (root): a hard memory limit that also counts memory the process tree does not show
                 # (memfd, tmpfs), a process limit, and exact CPU time. Slurm does this on its nodes.
