@@ -84,13 +84,17 @@ def test_a_limit_out_of_range_is_refused(client: TestClient, alice: Account, lim
     assert "between 1 and 200" in r.json()["message"]
 
 
+def write_log(app: FastAPI, job_id: int, data: bytes) -> None:
+    log = workspace.job_dir(app.state.settings, job_id) / "log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_bytes(data)
+
+
 def test_a_log_read_at_or_past_its_end_is_empty(
     app: FastAPI, client: TestClient, alice: Account, jobs: list[dict[str, Any]]
 ) -> None:
     job_id = jobs[0]["id"]
-    log = workspace.job_dir(app.state.settings, job_id) / "log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_bytes(b"hello\n")
+    write_log(app, job_id, b"hello\n")
     for offset in (0, 3):
         r = client.get(f"{API}/jobs/{job_id}/logs", params={"offset": offset}, headers=alice.headers)
         assert r.status_code == 200 and r.content == b"hello\n"[offset:]
@@ -108,9 +112,7 @@ def test_following_a_log_from_past_its_end_gives_the_end_only(
     app: FastAPI, client: TestClient, alice: Account, jobs: list[dict[str, Any]]
 ) -> None:
     job_id = jobs[0]["id"]
-    log = workspace.job_dir(app.state.settings, job_id) / "log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_bytes(b"hello\n")
+    write_log(app, job_id, b"hello\n")
     r = client.post(f"{API}/jobs/{job_id}/cancel", headers=alice.headers)
     assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
     r = client.get(
