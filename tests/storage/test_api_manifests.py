@@ -172,3 +172,37 @@ def test_the_manifest_streams_while_the_chunks_are_sent(
         thread.join(60)
     assert reply[0].status_code == 201, reply[0].text
     assert reply[0].json() == {"oid": hashlib.sha256(data).hexdigest(), "size": len(data)}
+
+
+def test_a_legacy_chunk_named_by_a_files_oid_cannot_be_claimed_by_knowing_the_oid(
+    app: FastAPI, client: TestClient, up: Uploader, bob: Account
+) -> None:
+    """An older server named chunks by their sha256, so a one-chunk file's chunk is named by the file's
+    Git LFS oid, which others may know (a pointer in a mirror, a log). Naming it must not give its bytes
+    to someone who never had them: to an upload, a legacy chunk is missing."""
+    from sqlalchemy import update
+
+    from opensci.storage.models import StorageChunk
+    from opensci.storage.store import _Lease
+
+    secret = random_bytes(10_000, 41)
+    oid = hashlib.sha256(secret).hexdigest()
+    lease = _Lease(app.state.blobs)  # alice's private file, as an older server stored it
+    lease.append([(bytes.fromhex(oid), memoryview(secret))])
+    lease.flush()
+    lease.release(True)
+    with app.state.db.session() as session:
+        session.execute(update(StorageChunk).values(legacy=True))
+        session.commit()
+    create_repo(client, bob, "steal", kind="dataset")
+    thief = Uploader(client, bob, "bob/steal")
+    assert thief.missing([oid]).json()["missing"] == [oid]
+    r = stream(thief, len(secret), bytes.fromhex(oid))
+    assert r.status_code == 422 and r.json()["error"] == "missing_chunks" and r.json()["missing"] == [oid]
+    r = client.post(
+        uploads("bob/steal", "objects"),
+        json={"oid": oid, "size": len(secret), "chunks": [oid]},
+        headers=bob.headers,
+    )
+    assert r.status_code == 422 and r.json()["error"] == "missing_chunks", r.text
+    assert held(app, "bob/steal") == set()

@@ -1,5 +1,6 @@
 """Upgrading a store's database keeps its chunk index: 0005 renames `storage_chunks.sha256` to `digest`
-(chunks stored before BLAKE3 names keep their sha256 as their name), on SQLite and PostgreSQL."""
+(chunks stored before BLAKE3 names keep their sha256 as their name, marked legacy), on SQLite and
+PostgreSQL."""
 
 from __future__ import annotations
 
@@ -52,8 +53,8 @@ def test_upgrading_keeps_the_chunk_index_under_its_new_column_name(empty_url: st
             )
         db.upgrade()
         with db.engine.connect() as conn:
-            rows = conn.execute(sa.text('SELECT digest, pack_id, "offset" FROM storage_chunks')).all()
-        assert [(bytes(r[0]), r[1], r[2]) for r in rows] == [(name, "p1", 16)]
+            rows = conn.execute(sa.text('SELECT digest, pack_id, "offset", legacy FROM storage_chunks')).all()
+        assert [(bytes(r[0]), r[1], r[2], bool(r[3])) for r in rows] == [(name, "p1", 16, True)]
         command.downgrade(db.alembic_config(), "0004")  # and back
         with db.engine.connect() as conn:
             assert bytes(conn.execute(sa.text("SELECT sha256 FROM storage_chunks")).scalar_one()) == name

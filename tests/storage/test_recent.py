@@ -80,3 +80,16 @@ def test_a_failed_batch_gives_its_buffer_back(store: BlobStore) -> None:
     with pytest.raises(DigestMismatch):
         store.put_chunks(bad, release=release)
     assert released == [1]
+
+
+def test_the_budget_counts_the_whole_buffer_and_idle_buffers_go_back_alone() -> None:
+    """A batch of one new 8-byte chunk among old ones still pins its whole receive buffer: that is what
+    the budget counts. And buffers go back after MAX_AGE even if no other upload comes."""
+    recent = RecentChunks(max_bytes=300, max_age=0.1)
+    first, release_first = counter()
+    second, release_second = counter()
+    recent.keep(batch(b"a" * 8)[1], release_first, held=200)
+    recent.keep(batch(b"b" * 8)[1], release_second, held=200)
+    assert first == [1] and second == []  # 400 held bytes do not fit 300
+    time.sleep(0.5)
+    assert second == [1] and not recent.has(chunk_id(b"b" * 8))

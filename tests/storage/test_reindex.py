@@ -117,7 +117,7 @@ def test_chunks_named_by_sha256_before_blake3_stay_readable_verifiable_and_reind
     (read, scrub, reindex), while new chunks must carry BLAKE3 names."""
     import hashlib
 
-    from opensci.storage.errors import DigestMismatch
+    from opensci.storage.errors import DigestMismatch, MissingChunks
     from opensci.storage.store import _Lease
 
     pieces = [random_bytes(100_000, 90), random_bytes(120_000, 91)]
@@ -128,6 +128,9 @@ def test_chunks_named_by_sha256_before_blake3_stay_readable_verifiable_and_reind
     lease.release(True)
     content = b"".join(pieces)
     oid = store.commit_manifest(hashlib.sha256(content).hexdigest(), len(content), old_names).oid
+    with db.session() as session:  # what migration 0005 makes of every chunk an older server stored
+        session.execute(update(StorageChunk).values(legacy=True))
+        session.commit()
     assert b"".join(store.iter_range(oid)) == content
     assert verify(store).ok
     store.close()
@@ -135,7 +138,14 @@ def test_chunks_named_by_sha256_before_blake3_stay_readable_verifiable_and_reind
         session.execute(delete(StorageChunk))
         session.commit()
     assert reindex(store).chunks_added == 2
+    with db.session() as session:  # reindex tells sha256 names from BLAKE3 ones
+        assert set(session.scalars(select(StorageChunk.legacy))) == {True}
     assert b"".join(store.iter_range(oid)) == content  # read checks them against their sha256 names now
     assert verify(store).ok
+    # No upload may name them: a sha256 name is no proof of having the bytes (for a one-chunk file it is
+    # the file's Git LFS oid, which others may know).
+    assert store.missing_chunks(old_names) == set(old_names)
+    with pytest.raises(MissingChunks):
+        store.commit_manifest(oid, len(content), old_names)
     with pytest.raises(DigestMismatch, match="BLAKE3"):
         store.put_chunk(hashlib.sha256(b"new content").digest(), b"new content")

@@ -214,7 +214,10 @@ async def put_chunks(
         received = len(chunks)
         release = None if buffer is None else functools.partial(_buffers.give, buffer)
         handed = release is not None
-        stored = await run_in_threadpool(functools.partial(blobs.put_chunks, chunks, release=release))
+        held = len(buffer) if buffer is not None else 0
+        stored = await run_in_threadpool(
+            functools.partial(blobs.put_chunks, chunks, release=release, held=held)
+        )
         del chunks
     except ClientDisconnect:  # the client gave up before the batch was whole: nothing was stored
         return Response(status_code=400)

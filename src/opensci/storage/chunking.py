@@ -38,7 +38,16 @@ def chunk_id(data: bytes | memoryview) -> bytes:
 
 def names(digest: bytes, data: bytes | memoryview) -> bool:
     """Whether `digest` names these bytes: their BLAKE3, or their sha256 (chunks stored before BLAKE3)."""
-    return blake3(data).digest() == digest or hashlib.sha256(data).digest() == digest
+    return name_kind(digest, data) is not None
+
+
+def name_kind(digest: bytes, data: bytes | memoryview) -> str | None:
+    """How `digest` names these bytes: "blake3", "sha256" (a legacy name), or None (it does not)."""
+    if blake3(data).digest() == digest:
+        return "blake3"
+    if hashlib.sha256(data).digest() == digest:
+        return "sha256"
+    return None
 
 
 def new_chunker() -> FastCDC:

@@ -33,6 +33,7 @@ class Location:
     length: int
     damaged: bool = False
     check: bytes | None = None  # xxh3-64 of the chunk's bytes (see StorageChunk.check)
+    legacy: bool = False  # named by its sha256 (see StorageChunk.legacy): no upload may name it
 
 
 def check_oid(value: str) -> str:
@@ -117,7 +118,8 @@ def _sql(dialect: Any, text: str) -> str:
 
 
 def touch_chunks(session: Session, digests: Sequence[bytes], now: datetime) -> set[bytes]:
-    """Mark these chunks as relied upon now; returns those that exist and are not damaged.
+    """Mark these chunks as relied upon now; returns those that exist and may be named by an upload (not
+    damaged, not legacy).
 
     Touching and checking in one statement closes the race with garbage collection: a chunk the
     collector deletes first is reported missing here (and then written again); a chunk touched first
@@ -130,19 +132,23 @@ def touch_chunks(session: Session, digests: Sequence[bytes], now: datetime) -> s
     for part in batched(sorted(set(digests))):
         sql = _sql(
             dialect,
-            "UPDATE storage_chunks SET touched_at = ? WHERE damaged = ? AND digest "
+            "UPDATE storage_chunks SET touched_at = ? WHERE damaged = ? AND legacy = ? AND digest "
             f"{_in_list(dialect, len(part))} RETURNING digest",
         )
-        rows = conn.exec_driver_sql(sql, (when, False, *_in_params(dialect, part)))
+        rows = conn.exec_driver_sql(sql, (when, False, False, *_in_params(dialect, part)))
         found.update(bytes(r[0]) for r in rows)
     return found
 
 
-ChunkRow = tuple[bytes, str, int, int] | tuple[bytes, str, int, int, bytes | None]
+ChunkRow = (
+    tuple[bytes, str, int, int]
+    | tuple[bytes, str, int, int, bytes | None]
+    | tuple[bytes, str, int, int, bytes | None, bool]
+)
 
 _INSERT = (
-    'INSERT INTO storage_chunks (digest, pack_id, "offset", length, damaged, "check", created_at, '
-    "touched_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (digest) DO UPDATE SET "
+    'INSERT INTO storage_chunks (digest, pack_id, "offset", length, damaged, "check", legacy, created_at, '
+    "touched_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (digest) DO UPDATE SET "
     'pack_id = excluded.pack_id, "offset" = excluded."offset", length = excluded.length, '
     '"check" = excluded."check", damaged = excluded.damaged, touched_at = excluded.touched_at '
     "WHERE storage_chunks.damaged = ?"
@@ -150,8 +156,9 @@ _INSERT = (
 
 
 def insert_chunks(session: Session, rows: Sequence[ChunkRow], now: datetime) -> None:
-    """Index newly written chunks (digest, pack, offset, length[, xxh3 check]). An existing healthy entry
-    wins (the new copy becomes dead space); a damaged entry is repaired to point at the new copy."""
+    """Index newly written chunks (digest, pack, offset, length[, xxh3 check[, legacy]]). An existing
+    healthy entry wins (the new copy becomes dead space); a damaged entry is repaired to point at the new
+    copy."""
     if not rows:
         return
     dialect = _dialect(session)
@@ -159,7 +166,7 @@ def insert_chunks(session: Session, rows: Sequence[ChunkRow], now: datetime) -> 
     session.connection().exec_driver_sql(
         _sql(dialect, _INSERT),
         [
-            (r[0], r[1], r[2], r[3], False, r[4] if len(r) > 4 else None, when, when, True)
+            (*r[:4], False, r[4] if len(r) > 4 else None, r[5] if len(r) > 5 else False, when, when, True)
             for r in sorted(rows, key=lambda r: r[0])  # one lock order for concurrent writers
         ],
     )
@@ -182,9 +189,9 @@ def _select(session: Session, columns: str, where: str, digests: Sequence[bytes]
 def locate(session: Session, digests: Sequence[bytes]) -> dict[bytes, Location]:
     """Where these chunks are (those the index has)."""
     return {
-        bytes(d): Location(p, o, n, bool(bad), None if check is None else bytes(check))
-        for d, p, o, n, bad, check in _select(
-            session, 'digest, pack_id, "offset", length, damaged, "check"', "", digests, 256
+        bytes(d): Location(p, o, n, bool(bad), None if check is None else bytes(check), bool(legacy))
+        for d, p, o, n, bad, check, legacy in _select(
+            session, 'digest, pack_id, "offset", length, damaged, "check", legacy', "", digests, 256
         )
     }
 

@@ -241,7 +241,7 @@ def reindex(store: BlobStore) -> ReindexReport:
             for rec in scan_pack(path, end):
                 report.records += 1
                 valid[(pack_id, rec.offset)] = rec.digest
-                found.setdefault(rec.digest, Location(pack_id, rec.offset, rec.length))
+                found.setdefault(rec.digest, Location(pack_id, rec.offset, rec.length, legacy=rec.legacy))
             scanned[pack_id] = end
             report.packs += 1
             if fd is not None:
@@ -305,7 +305,7 @@ def reindex(store: BlobStore) -> ReindexReport:
         for (manifest,) in session.execute(select(StorageObject.manifest).execution_options(yield_per=256)):
             listed.update(manifest_digests(manifest))
     missing = [
-        (d, loc.pack_id, loc.offset, loc.length)
+        (d, loc.pack_id, loc.offset, loc.length, None, loc.legacy)
         for d, loc in found.items()
         if d not in indexed and d in listed
     ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Integer, LargeBinary, String
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Integer, LargeBinary, String, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from opensci.db.base import Base, UTCDateTime, utcnow
@@ -47,6 +47,10 @@ class StorageChunk(Base):
     offset: Mapped[int] = mapped_column(BigInteger)  # of the record (header first) in the pack
     length: Mapped[int] = mapped_column(Integer)  # of the chunk's bytes
     damaged: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Named by its sha256, by a server from before BLAKE3 names. Such a chunk of a one-chunk file has the
+    # file's Git LFS oid as its name, which others may know without ever having had the bytes: it serves
+    # the objects that hold it, but no upload may name it (to an uploader it is missing).
+    legacy: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # xxh3-64 of the chunk's bytes: the fast check every read makes (~14 GB/s a core). The name is
     # checked when a chunk is written and by the scrub. Null for chunks indexed by `reindex`: reads
     # check those against their name.

@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 
 from xxhash import xxh3_64_digest
 
-from opensci.storage.chunking import names
+from opensci.storage.chunking import name_kind, names
 
 PACK_MAGIC = b"OSCIPACK"
 PACK_VERSION = 1
@@ -369,6 +369,7 @@ class ScannedRecord:
     offset: int
     digest: bytes
     length: int
+    legacy: bool = False  # named by its sha256 (written before chunks were named by BLAKE3)
 
 
 class _Window:
@@ -416,8 +417,9 @@ def scan_pack(path: Path, end: int | None = None) -> Iterator[ScannedRecord]:
             magic, length, digest = RECORD_HEADER.unpack(head)
             if magic == RECORD_MAGIC and length <= MAX_CHUNK and pos + HEADER + length <= win.size:
                 data = win.get(pos + HEADER, length)
-                if len(data) == length and names(digest, data):
-                    yield ScannedRecord(pos, bytes(digest), length)
+                kind = name_kind(digest, data) if len(data) == length else None
+                if kind is not None:
+                    yield ScannedRecord(pos, bytes(digest), length, legacy=kind == "sha256")
                     pos += HEADER + length
                     continue
             pos = win.find(RECORD_MAGIC, pos + 1)

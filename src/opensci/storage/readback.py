@@ -199,7 +199,7 @@ class ContentReader:
                 locations = self.store._locate(digests)
             for d in digests:
                 loc = locations.get(d)
-                if loc is None or loc.damaged:
+                if loc is None or loc.damaged or loc.legacy:  # a legacy name is no proof of the bytes
                     self.missing[d] = None
             if self.missing:
                 return

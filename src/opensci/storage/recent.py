@@ -40,11 +40,15 @@ class RecentChunks:
         self._batches: OrderedDict[_Batch, None] = OrderedDict()  # oldest first
         self._bytes = 0
         self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
 
-    def keep(self, chunks: Sequence[tuple[bytes, memoryview]], release: Callable[[], None]) -> None:
-        """Keep these chunks (views of one buffer) for the manifest; `release` gives the buffer back once
-        none of them is kept any more (at once if nothing is)."""
-        nbytes = sum(len(view) for _, view in chunks)
+    def keep(
+        self, chunks: Sequence[tuple[bytes, memoryview]], release: Callable[[], None], held: int = 0
+    ) -> None:
+        """Keep these chunks (views of one buffer of `held` bytes) for the manifest; `release` gives the
+        buffer back once none of them is kept any more (at once if nothing is). The budget counts the
+        whole buffer, whatever share of it the new chunks are."""
+        nbytes = max(held, sum(len(view) for _, view in chunks))
         if not chunks or nbytes > self.max_bytes:
             release()
             return
@@ -59,10 +63,25 @@ class RecentChunks:
             if batch.left:
                 self._batches[batch] = None
                 self._bytes += nbytes
+                if self._timer is None:  # idle batches go back even if no upload comes to push them out
+                    self._timer = threading.Timer(self.max_age + 1, self._tick)
+                    self._timer.daemon = True
+                    self._timer.start()
             else:
                 freed.append(batch)
         for old in freed:
             old.release()
+
+    def _tick(self) -> None:
+        with self._lock:
+            freed = self._expire(room=0)
+            self._timer = None
+            if self._batches:
+                self._timer = threading.Timer(self.max_age / 2, self._tick)
+                self._timer.daemon = True
+                self._timer.start()
+        for batch in freed:
+            batch.release()
 
     def take(self, digest: bytes, dest: memoryview) -> int | None:
         """Copy the chunk into `dest` and forget it: its length; None if it is not here (or does not fit,
@@ -93,6 +112,9 @@ class RecentChunks:
             freed = list(self._batches)
             for batch in freed:
                 self._forget(batch)
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
         for batch in freed:
             batch.release()
 

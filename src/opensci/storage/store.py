@@ -323,13 +323,15 @@ class BlobStore:
         chunks: Iterable[tuple[str | bytes, bytes | memoryview]],
         *,
         release: Callable[[], None] | None = None,
+        held: int = 0,
     ) -> int:
         """Store chunks (name, bytes), each checked against its name (the BLAKE3 of its bytes) before
         anything is written, with one fsync for all; returns how many were new.
 
         With `release`, the chunks are views of a buffer the caller hands over: the new ones stay in
         memory a little while for the manifest that names them next (see `recent`), and `release` is
-        called once the buffer may be reused (perhaps before this returns)."""
+        called once the buffer may be reused (perhaps before this returns); `held` is the buffer's size,
+        what keeping it costs."""
         try:
             new = self._put_chunks(chunks)
         except BaseException:
@@ -337,7 +339,7 @@ class BlobStore:
                 release()
             raise
         if release is not None:
-            self.recent.keep(new, release)
+            self.recent.keep(new, release, held)
         return len(new)
 
     def _put_chunks(self, chunks: Iterable[tuple[str | bytes, bytes | memoryview]]) -> list[Chunk]:
@@ -383,7 +385,9 @@ class BlobStore:
         digests = [chunk_digest(h) for h in chunk_hashes]
         with self.db.session() as session:
             locations = index.locate(session, digests)
-        missing = sorted({d.hex() for d in digests if d not in locations or locations[d].damaged})
+        missing = sorted(
+            {d.hex() for d in digests if d not in locations or locations[d].damaged or locations[d].legacy}
+        )
         if missing:
             raise MissingChunks(f"{len(missing)} chunks of {oid} are not stored; send them first", missing)
         total = sum(locations[d].length for d in digests)
