@@ -64,7 +64,7 @@ class RecentChunks:
                 self._batches[batch] = None
                 self._bytes += nbytes
                 if self._timer is None:  # idle batches go back even if no upload comes to push them out
-                    self._timer = threading.Timer(self.max_age + 1, self._tick)
+                    self._timer = threading.Timer(self.max_age, self._tick)
                     self._timer.daemon = True
                     self._timer.start()
             else:
