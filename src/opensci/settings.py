@@ -150,10 +150,22 @@ class Settings(BaseSettings):
         description="CPUs the local executor hands out to jobs at once (a job takes `resources.cpus`); "
         "0 means all the machine's CPUs.",
     )
+    compute_local_memory_bytes: int = Field(
+        0,
+        ge=0,
+        description="Memory the local executor hands out to jobs at once, in bytes (a job takes its "
+        "`resources.memory`; one asking more than all of it is refused); 0 means the machine's memory.",
+    )
     compute_max_running_per_user: int = Field(
         4,
         ge=0,
         description="Jobs one user may have running at once (others wait in the queue); 0 means no limit.",
+    )
+    compute_max_queued_per_user: int = Field(
+        1000,
+        ge=0,
+        description="Jobs one user may have waiting in the queue at once; a submission beyond it is refused "
+        "(429 `too_many_queued_jobs`). 0 means no limit.",
     )
     compute_default_memory_bytes: int = Field(
         2 * 1024**3, ge=1024**2, description="Memory limit of a job that states none, in bytes."
@@ -180,11 +192,25 @@ class Settings(BaseSettings):
         "it works on the server's machine, so the nodes need it at the same path; `none` runs jobs with the "
         "full rights of the Slurm user that submits them (the server's).",
     )
-    compute_sandbox_user: str = Field(
-        "nobody",
-        description="Host user (name or uid) that sandboxed jobs run as when the server runs as root: a user "
-        "that owns nothing, so a job can read only what everyone may read. Not used by a server that is not "
-        "root (its jobs run as the server's user, mapped to 65534 in the sandbox).",
+    compute_sandbox_uid_base: int = Field(
+        200_000,
+        ge=1000,
+        description="When the server runs as root, each sandboxed job runs as a host user of its own, uid "
+        "(and gid) this base plus the job's id modulo 65536: a user that owns nothing, so a job reads only "
+        "what everyone may read, and jobs cannot reach each other's keys, processes or limits. The range "
+        "must hold no real user. Not used by a server that is not root (its jobs run as the server's user).",
+    )
+    compute_input_cache_bytes: int = Field(
+        100 * 1024**3,
+        ge=0,
+        description="Disk the cache of jobs' large input files may use (HOME/jobs/objects, files linked into "
+        "job directories); the least recently used files no job uses are removed past it. 0 means no limit.",
+    )
+    compute_max_output_bytes: int = Field(
+        100 * 1024**3,
+        ge=0,
+        description="Most bytes a job's outputs may hold (their files' sizes, holes included); a job that "
+        "writes more fails with reason `outputs` and nothing is committed. 0 means no limit.",
     )
     compute_max_processes: int = Field(
         4096,

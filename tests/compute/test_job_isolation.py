@@ -244,7 +244,9 @@ pathlib.Path("outputs/r.json").write_text(json.dumps(r))
 """
 
 
-def test_a_sandboxed_job_is_nobody_on_the_host(http: httpx.Client, alice: Account) -> None:
+def test_a_sandboxed_job_is_a_host_user_of_its_own(
+    http: httpx.Client, alice: Account, compute_app: FastAPI
+) -> None:
     need_binary("bwrap")
     need(os.geteuid() == 0, "the server must run as root to run jobs as another host user")
     code_repo(http, alice, "tool", {"probe.py": HOST_ROOT})
@@ -252,7 +254,8 @@ def test_a_sandboxed_job_is_nobody_on_the_host(http: httpx.Client, alice: Accoun
     done, text = run(http, alice, ["python", "probe.py"], output={"repo": "alice/out"})
     assert done["status"] == "succeeded", (done, text)
     r = http.get(f"/datasets/alice/out/resolve/{done['output']['commit']}/r.json").json()
-    assert r == {"uid": 65534, "shadow": "refused", "proc_sys": "refused"}, r
+    uid = compute_app.state.settings.compute_sandbox_uid_base + done["id"]
+    assert r == {"uid": uid, "shadow": "refused", "proc_sys": "refused"}, r
 
 
 def need_cgroups() -> None:
@@ -412,10 +415,66 @@ def test_a_job_with_network_has_its_own_without_the_hosts_loopback(
         code_repo(http, alice, "tool", {"reach.py": REACH})
         dataset(http, alice, "out", None)
         argv = ["python", "reach.py", address, str(outside.getsockname()[1]), str(server.port)]
-        done, text = run(http, alice, argv, env={"network": True}, output={"repo": "alice/out"})
-        assert done["status"] == "succeeded", (done, text)
+        for _ in range(4):  # the network is made while bubblewrap sets the namespace up: never a race
+            done, text = run(http, alice, argv, env={"network": True}, output={"repo": "alice/out"})
+            assert done["status"] == "succeeded", (done, text)
         assert "a network of its own" in text
         r = http.get(f"/datasets/alice/out/resolve/{done['output']['commit']}/r.json").json()
         assert r == {"devices": ["lo", "tap0"], "outside": True, "loopback": False, "host_loopback": False}, r
     finally:
         outside.close()
+
+
+def test_a_sparse_output_stays_sparse_as_another_jobs_input_and_outputs_are_bounded(
+    http: httpx.Client, alice: Account, compute_app: FastAPI
+) -> None:
+    """512 MiB of zeros is one chunk in the blob store; as another job's input it must not become 512 MiB
+    of disk. And a job may not make the server read more output than OPENSCI_COMPUTE_MAX_OUTPUT_BYTES."""
+    settings = compute_app.state.settings
+    code_repo(http, alice, "tool", SH)
+    dataset(http, alice, "zeros", None)
+    done, text = run(http, alice, ["truncate", "-s", "512M", "outputs/z.bin"], output={"repo": "alice/zeros"})
+    assert done["status"] == "succeeded", (done, text)
+    done, text = run(http, alice, ["wc", "-c", "inputs/z/z.bin"], inputs={"z": {"repo": "alice/zeros"}})
+    assert done["status"] == "succeeded" and "536870912" in text, (done, text)
+    cached = list((settings.jobs_dir / "objects").iterdir())
+    assert len(cached) == 1 and cached[0].stat().st_size == 512 * 1024**2
+    assert cached[0].stat().st_blocks * 512 < 1024**2, "the cached input is not sparse"
+    assert (settings.jobs_dir / str(done["id"]) / "job.json").stat().st_mode & 0o077 == 0  # holds variables
+
+    settings.compute_max_output_bytes = 1024**2
+    dataset(http, alice, "small", None)
+    done, text = run(http, alice, ["truncate", "-s", "2M", "outputs/big.bin"], output={"repo": "alice/small"})
+    assert done["status"] == "failed" and done["reason"] == "outputs", (done, text)
+    assert "more than the 1.0 MiB a job may commit" in done["message"]
+    r = http.get(f"{API}/repos/alice/small/commits", headers=alice.headers)
+    assert r.status_code == 200 and r.json()["items"] == [], r.text  # an empty dataset: no commit at all
+
+
+def test_odd_commands_and_requirements(http: httpx.Client, alice: Account) -> None:
+    code_repo(http, alice, "tool", SH)
+    done, text = run(http, alice, ["echo", "@report-fd@", "@info-fd@"])  # words of the shim's own, verbatim
+    assert done["status"] == "succeeded" and "@report-fd@ @info-fd@" in text, (done, text)
+    done, text = run(http, alice, ["sh", "-c", "echo hi; kill -9 $$"])
+    assert done["status"] == "failed" and done["exit_code"] == 137, (done, text)
+    assert "Traceback" not in text
+    spec = {"code": {"repo": "alice/tool"}, "command": ["true"], "env": {"requirements": ["evil-wheel.whl"]}}
+    r = http.post(f"{API}/jobs", json=spec, headers=alice.headers)
+    assert (
+        r.status_code == 422 and r.json()["error"] == "invalid_spec" and "names a file" in r.json()["message"]
+    )
+
+
+def test_the_input_cache_keeps_what_jobs_use_and_drops_the_oldest_past_its_limit(tmp_path: Path) -> None:
+    from opensci.compute import workspace
+    from opensci.settings import Settings
+
+    settings = Settings(home=tmp_path, compute_input_cache_bytes=3 * 4096)
+    cache = workspace.objects_dir(settings)
+    cache.mkdir(parents=True)
+    for i, name in enumerate(("old", "used", "recent", "newest")):
+        (cache / name).write_bytes(b"x" * 4096)
+        os.utime(cache / name, (1000 + i, 1000 + i))
+    os.link(cache / "used", tmp_path / "a-job-input")  # linked into a job's directory: in use
+    assert workspace.trim_cache(settings) == 4096
+    assert sorted(p.name for p in cache.iterdir()) == ["newest", "recent", "used"]

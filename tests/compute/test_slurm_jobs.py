@@ -108,4 +108,19 @@ def test_a_slurm_job_runs_in_the_sandbox_on_its_node(
     assert done["status"] == "succeeded", (done, text)
     assert "sandbox: bubblewrap, network off" in text
     r = http.get(f"/datasets/alice/found/resolve/{done['output']['commit']}/r.json").json()
-    assert r == {"platform_home_visible": False, "uid": 65534, "inputs_writable": False}, r
+    uid = app.state.settings.compute_sandbox_uid_base + done["id"]  # a host user of the job's own
+    assert r == {"platform_home_visible": False, "uid": uid, "inputs_writable": False}, r
+
+
+def test_a_slurm_job_has_a_process_limit_of_its_own(http: httpx.Client, alice: Account, app: FastAPI) -> None:
+    """No cgroups of ours on Slurm nodes (Slurm's own are there): the job's own host user, with
+    RLIMIT_NPROC, bounds its processes and threads."""
+    app.state.settings.compute_max_processes = 64
+    threads = (
+        "import threading, time\nfor _ in range(300): threading.Thread(target=time.sleep, args=(5,)).start()"
+    )
+    code_repo(http, alice, "threads", {"t.py": threads})
+    dataset(http, alice, "table", {"t.csv": "a\n1\n"})
+    dataset(http, alice, "sink", None)
+    done, text = on_slurm(http, alice, "alice/threads", ["python", "t.py"], "alice/sink")
+    assert done["status"] == "failed" and "can't start new thread" in text, (done, text)

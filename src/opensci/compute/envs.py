@@ -86,8 +86,16 @@ def check_requirements(requirements: list[str]) -> list[str]:
             ) from None
         if req.url:
             raise _direct_url(text)
+        if req.name.lower().endswith(_ARCHIVES):  # pip would look for such a file where it runs
+            raise InvalidInput(
+                f"requirement {text!r} names a file, not a package: give the package's name",
+                code="invalid_spec",
+            )
         out.append(str(req))
     return sorted(set(out))
+
+
+_ARCHIVES = (".whl", ".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz", ".tar.xz", ".txz", ".egg")
 
 
 def base_python(settings: Settings) -> str:

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from opensci.accounts.models import User
 from opensci.accounts.permissions import Actor, can
 from opensci.compute.models import Job
+from opensci.compute.shim import human_size
 from opensci.compute.workspace import note
 from opensci.errors import InvalidInput, OpenSciError
 from opensci.repos import service as repos
@@ -172,6 +173,13 @@ def commit_outputs(
     if not found:
         note(log, "the job wrote nothing under outputs/: no commit")
         return None
+    total = sum(path.stat().st_size for path in found.values())
+    limit = settings.compute_max_output_bytes
+    if limit and total > limit:  # reading and hashing them would hold this server for too long
+        raise OutputError(
+            f"outputs/ holds {human_size(total)}, more than the {human_size(limit)} a job may commit "
+            "(OPENSCI_COMPUTE_MAX_OUTPUT_BYTES); nothing was committed"
+        )
     repo = session.get(Repository, target["repo_id"])
     user = session.get(User, job.submitter_id) if job.submitter_id else None
     if repo is None:

@@ -75,6 +75,22 @@ def _processes() -> dict[int, tuple[int, int, int]]:
     return out
 
 
+def proportional_memory(pids: list[int]) -> int:
+    """The memory of these processes counting each shared page once (their summed Pss): a job that forks
+    children sharing its pages uses no more than it did."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+                for line in f:
+                    if line.startswith(b"Pss:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
 def tree(root: int) -> tuple[list[int], int, float]:
     """The pids of `root` and all its descendants, their resident memory in bytes, and the CPU seconds
     they and the children they have waited for used."""
@@ -207,6 +223,14 @@ class Cgroups:
                     time.sleep(0.05)
 
 
+def _read_bytes(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
 def _read(path: Path) -> str:
     try:
         return path.read_text()
@@ -277,6 +301,12 @@ class Network:
                 raise OSError("the sandbox ended before its network was made")
             info += part
         pid = int(json.loads(info)["child-pid"])
+        # bubblewrap tells the pid before it has set up the namespace's loopback; configuring the
+        # namespace meanwhile would make it fail: wait until 127.0.0.1 is there.
+        while b"127.0.0.1" not in _read_bytes(f"/proc/{pid}/net/fib_trie"):
+            if time.monotonic() > deadline:
+                raise OSError("the sandbox did not set up its loopback in time")
+            time.sleep(0.002)
         ready_r, ready_w = os.pipe()
         exit_r, self.exit_w = os.pipe()
         argv = [self.slirp, "--configure", "--mtu=65520", "--disable-host-loopback", "--enable-sandbox"]
@@ -356,14 +386,16 @@ class Run:
         deadline = time.monotonic() + float(self.spec["time_limit"])
         limit = int(self.spec["memory_bytes"])
         while self.proc.poll() is None:
-            _, rss, cpu = tree(self.proc.pid)
-            self.peak = max(self.peak, rss)
+            pids, _, cpu = tree(self.proc.pid)
+            used = proportional_memory(pids)
+            self.peak = max(self.peak, used)
             self.cpu = max(self.cpu, cpu)
             now = time.monotonic()
-            if rss > limit:
+            # With control groups the kernel enforces the limit exactly (files in memory included).
+            if self.cgroups is None and used > limit:
                 self.stop(
                     "memory",
-                    f"memory limit exceeded: the job used {human_size(rss)} of {human_size(limit)}; "
+                    f"memory limit exceeded: the job used {human_size(used)} of {human_size(limit)}; "
                     "stopping it",
                 )
             elif now > deadline:
@@ -399,13 +431,20 @@ class Run:
             self.cgroups.enter(os.getpid())
 
     def main(self) -> int:
+        try:
+            return self._main()
+        finally:
+            if self.cgroups is not None:  # on every path, starting failures included
+                self.cgroups.remove()
+
+    def _main(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         started = time.time()
         host = socket.gethostname()
         out_r, out_w = os.pipe()
         report_r, report_w = os.pipe()
-        argv = [str(report_w) if word == REPORT_FD else word for word in self.spec["argv"]]
+        prefix = [str(report_w) if word == REPORT_FD else word for word in self.spec["argv"]]
         env = {**passed_through(os.environ), **self.spec["env"]}
         cwd = self.spec["workdir"]
         if self.spec.get("sandboxed"):
@@ -423,11 +462,12 @@ class Run:
                 int(self.spec.get("max_processes") or 4096),
             )
             if self.cgroups is None:
-                self.note("cgroups: not available here; memory is limited by the processes' resident memory")
+                self.note("cgroups: not available here; memory is limited by what the processes show")
         network = Network(**self.spec["network"]) if self.spec.get("network") else None
         pass_fds = (report_w,) if REPORT_FD in self.spec["argv"] else ()
         if network is not None:
-            argv, pass_fds = network.argv(argv), (*pass_fds, *network.fds)
+            prefix, pass_fds = network.argv(prefix), (*pass_fds, *network.fds)
+        argv = [*prefix, *self.spec["command"]]  # the placeholders are filled in the prefix only
         try:
             self.proc = subprocess.Popen(
                 argv,
@@ -491,7 +531,7 @@ class Run:
             self.note(f"{human_size(self.dropped)} of output past the log's limit were not kept")
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         own = usage.ru_utime + usage.ru_stime  # the command's, when it is the shim's own child
-        cpu = own + float(reaped["cpu_seconds"]) if "cpu_seconds" in reaped else max(own, self.cpu)
+        cpu = max(own + float(reaped.get("cpu_seconds", 0.0)), self.cpu)  # the tree as sampled: orphans too
         if group_cpu is not None:  # everything the job ran, children it left behind included
             cpu = max(cpu, group_cpu)
         status = {
@@ -553,10 +593,14 @@ def reap(args: list[str]) -> int:
     it, to report afterwards."""
     fd = int(args[0])
     os.set_inheritable(fd, False)
-    rest, user = args[1:], None
-    if rest[:1] == ["--user"]:
-        uid, gid = (int(x) for x in rest[1].split(":"))
-        user, rest = (uid, gid), rest[2:]
+    rest, user, nproc = args[1:], None, None
+    while rest[:1] in (["--user"], ["--nproc"]):
+        if rest[0] == "--user":
+            uid, gid = (int(x) for x in rest[1].split(":"))
+            user = (uid, gid)
+        else:
+            nproc = int(rest[1])
+        rest = rest[2:]
     command = rest[1:] if rest[:1] == ["--"] else rest
     stops = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     for sig in stops:
@@ -564,6 +608,8 @@ def reap(args: list[str]) -> int:
     try:
         with open(f"/opensci/{COMMAND_FILE}") as f:
             env = json.load(f)["env"]
+        if nproc is not None:  # processes and threads of the job's own user: per job where it has one
+            resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
         if user is not None and os.getuid() == 0:
             os.setgroups([])
             os.setgid(user[1])
@@ -584,8 +630,10 @@ def reap(args: list[str]) -> int:
     }
     os.write(fd, json.dumps(report).encode())
     if code < 0:  # end the way the command did, so the shim sees the same signal
-        signal.signal(-code, signal.SIG_DFL)
-        os.kill(os.getpid(), -code)
+        sig = signal.Signals(-code)
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):  # those cannot be handled, nor need to be
+            signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig if sig != signal.SIGSTOP else signal.SIGKILL)
     return code
 
 

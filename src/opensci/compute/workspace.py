@@ -17,15 +17,17 @@ copies (an unsandboxed job running as the server's user could write through a li
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import pwd
 import shutil
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 
 import pygit2
 from sqlalchemy.orm import Session
@@ -66,13 +68,13 @@ def note(log: IO[bytes], text: str) -> None:
 
 def _privileged() -> bool:
     """Whether bubblewrap runs as root here (the server's user): then the sandbox drops to
-    `compute_sandbox_user` itself; otherwise bubblewrap maps that user onto the server's own."""
+    the job's own user itself (`sandbox_user`); otherwise bubblewrap maps 65534 onto the server's user."""
     return os.geteuid() == 0
 
 
 def _isolation(host_network: bool) -> list[str]:
     """Namespaces and privileges. As root, bubblewrap keeps only the capabilities to change users, which
-    the reaper uses to become `compute_sandbox_user` (a host user that owns nothing of the host) before
+    the reaper uses to become the job's own host user (`sandbox_user`: it owns nothing of the host) before
     the command starts; unprivileged, a user namespace of its own maps that user onto the server's and
     forbids nested ones. Either way the command has no capability and `no_new_privs` set."""
     if _privileged():
@@ -111,20 +113,20 @@ def sandbox_tool(settings: Settings, executor: str = "local") -> str | None:
     return None
 
 
-def sandbox_user(settings: Settings) -> tuple[int, int] | None:
-    """(uid, gid) a root server's sandboxed jobs run as; None when the server is not root."""
+def sandbox_user(settings: Settings, job_id: int) -> tuple[int, int] | None:
+    """(uid, gid) a root server's sandboxed job runs as: a host user of its own (see the setting
+    `compute_sandbox_uid_base`); None when the server is not root."""
     if not _privileged():
         return None
-    name = settings.compute_sandbox_user
+    uid = settings.compute_sandbox_uid_base + job_id % 65536
     try:
-        entry = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+        taken = pwd.getpwuid(uid).pw_name
     except KeyError:
-        raise PrepareError(
-            f"the sandbox user {name!r} (OPENSCI_COMPUTE_SANDBOX_USER) does not exist"
-        ) from None
-    if entry.pw_uid == 0:
-        raise PrepareError("the sandbox user (OPENSCI_COMPUTE_SANDBOX_USER) must not be root")
-    return entry.pw_uid, entry.pw_gid
+        return uid, uid
+    raise PrepareError(
+        f"uid {uid} for this job's sandbox belongs to the host's user {taken!r}: choose a range that holds "
+        "no user (OPENSCI_COMPUTE_SANDBOX_UID_BASE)"
+    )
 
 
 REAPER = "/opensci/shim.py"  # where the shim is inside the sandbox (read-only), to run as the reaper
@@ -132,7 +134,6 @@ REAPER = "/opensci/shim.py"  # where the shim is inside the sandbox (read-only),
 
 def sandboxed(
     bwrap: str,
-    argv: list[str],
     *,
     job: Path,
     inputs: Path,
@@ -141,15 +142,16 @@ def sandboxed(
     network: bool,
     slirp: bool,
     user: tuple[int, int] | None,
+    max_processes: int,
 ) -> list[str]:
-    """`argv` inside bubblewrap, as an unprivileged user without capabilities: the system's programs and
-    libraries read-only, the job's working directory and home writable, its inputs and environment
-    read-only, /tmp and /dev/shm on the job's disk, /proc/sys and the rest of / read-only, and no network
-    unless asked: a network of its own through slirp4netns (`slirp`, see `shim.Network`), or else the host's.
-    Nothing else of the host (its users' homes, the platform's data) is there. The command
-    runs under the shim's reaper (see `shim.reap`), which takes the command's environment from a file
-    (bubblewrap itself runs with none of the job's variables), becomes `user` when bubblewrap runs as
-    root, and reports the command's exit status and CPU time."""
+    """What runs a command (given after this, which ends with `--`) inside bubblewrap, as an unprivileged user
+    without capabilities: the system's programs and libraries read-only, the job's working directory and
+    home writable, its inputs and environment read-only, /tmp and /dev/shm on the job's disk, /proc/sys
+    and the rest of / read-only, and no network unless asked: a network of its own through slirp4netns
+    (`slirp`, see `shim.Network`), or else the host's. Nothing else of the host (its users' homes, the
+    platform's data) is there. The command runs under the shim's reaper (see `shim.reap`), which takes the
+    command's environment from a file (bubblewrap itself runs with none of the job's variables), becomes
+    `user` when bubblewrap runs as root, and reports the command's exit status and CPU time."""
     work, home = job / "work", job / "home"
     a = [bwrap, *_isolation(host_network=network and not slirp), "--hostname", "opensci-job"]
     a += ["--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"]
@@ -176,10 +178,10 @@ def sandboxed(
     a += ["--bind", str(home), str(home), "--ro-bind", str(job / "shim.py"), REAPER]
     a += ["--ro-bind", str(job / COMMAND_FILE), f"/opensci/{COMMAND_FILE}"]
     a += ["--remount-ro", "/", "--chdir", str(work), "--"]
-    reaper = [python, "-S", "-I", REAPER, "--reap", REPORT_FD]
+    reaper = [python, "-S", "-I", REAPER, "--reap", REPORT_FD, "--nproc", str(max_processes)]
     if user is not None:
         reaper += ["--user", f"{user[0]}:{user[1]}"]
-    return [*a, *reaper, "--", *argv]
+    return [*a, *reaper, "--"]
 
 
 def _folders_above(paths: list[Path]) -> list[str]:
@@ -254,19 +256,68 @@ def _walk(
             yield path, g[e.id], e.filemode
 
 
+COPY_BLOCK = 4 * 1024**2
+_ZEROS = bytes(COPY_BLOCK)
+
+
+def copy_sparse(src: BinaryIO, dst: BinaryIO) -> int:
+    """Copy a stream into a file, leaving blocks of zeros as holes (a job's 4 GiB of zeros, which the blob
+    store keeps as one chunk, must not become 4 GiB of disk); returns the bytes copied."""
+    total = 0
+    while block := src.read(COPY_BLOCK):
+        if block == _ZEROS[: len(block)]:
+            dst.seek(len(block), os.SEEK_CUR)
+        else:
+            dst.write(block)
+        total += len(block)
+    dst.truncate(total)  # a hole at the end still counts in the size
+    return total
+
+
 def _cached_object(settings: Settings, blobs: BlobStore, oid: str, size: int) -> Path:
-    """The content of a stored object as a file of the cache, written once (atomically) on first use."""
+    """The content of a stored object as a file of the cache, written once (atomically, sparse) on first
+    use; the cache is then trimmed to `compute_input_cache_bytes`."""
     cache = objects_dir(settings)
     path = cache / oid
     if path.exists() and path.stat().st_size == size:
+        os.utime(path)  # recently used: trimmed last
         return path
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = cache / f".{oid}.{os.getpid()}.tmp"
-    with blobs.open(oid) as src, open(tmp, "wb") as dst:
-        shutil.copyfileobj(src, dst, 4 * 1024**2)
-    os.chmod(tmp, 0o444)
-    os.replace(tmp, path)
+    tmp = cache / f".{oid}.{uuid.uuid4().hex}.tmp"  # jobs of one server prepare the same input at once
+    try:
+        with blobs.open(oid) as src, open(tmp, "wb") as dst:
+            copy_sparse(src, dst)
+        os.chmod(tmp, 0o444)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    trim_cache(settings, keep=path)
     return path
+
+
+def trim_cache(settings: Settings, keep: Path | None = None) -> int:
+    """Remove the least recently used cached inputs no job links to any more (a link count of 1) until
+    the cache's disk use is under `compute_input_cache_bytes`; returns the bytes freed."""
+    limit = settings.compute_input_cache_bytes
+    cache = objects_dir(settings)
+    if not limit or not cache.is_dir():
+        return 0
+    entries = []
+    for entry in os.scandir(cache):
+        with contextlib.suppress(OSError):
+            st = entry.stat(follow_symlinks=False)
+            entries.append((st.st_mtime, Path(entry.path), st.st_blocks * 512, st.st_nlink))
+    used = sum(e[2] for e in entries)
+    freed = 0
+    for _, path, disk, links in sorted(entries, key=lambda e: e[0]):
+        if used - freed <= limit:
+            break
+        if links == 1 and path != keep and not path.name.startswith("."):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                freed += disk
+    return freed
 
 
 def materialize(
@@ -294,7 +345,8 @@ def materialize(
             if link:
                 os.link(source, target)
             else:
-                shutil.copyfile(source, target)
+                with open(source, "rb") as src, open(target, "wb") as dst:
+                    copy_sparse(src, dst)
             total += info.size
         else:
             target.write_bytes(blob.data)
@@ -395,16 +447,15 @@ def prepare(
         if slirp:
             (jd / "resolv.conf").write_text("nameserver 10.0.2.3\n")
             network_spec = {"slirp": slirp, "userns": not _privileged()}
-        user = sandbox_user(settings)
+        user = sandbox_user(settings, job.id)
         (jd / "tmp").mkdir()
         (jd / "shm").mkdir()
         if user is not None:  # what the job may write becomes the sandbox user's
             _give(work, user, keep=work / "inputs")
             for d in (home, jd / "tmp", jd / "shm"):
                 _give(d, user)
-        argv = sandboxed(
+        prefix = sandboxed(
             bwrap,
-            argv,
             job=jd,
             inputs=work / "inputs",
             env_path=env.path,
@@ -412,6 +463,7 @@ def prepare(
             network=network,
             slirp=bool(slirp),
             user=user,
+            max_processes=settings.compute_max_processes,
         )
         if not network:
             how = "off"
@@ -421,12 +473,16 @@ def prepare(
             how = "on (the host's: without slirp4netns, services on the host's loopback are reachable)"
         note(log, f"sandbox: bubblewrap, network {how}, inputs read-only")
     else:
+        prefix = []
         note(log, "sandbox: none (bubblewrap is not available or is turned off)")
-    (jd / "job.json").write_text(
-        json.dumps(
+    # Root-only: it holds the job's variables (the shim reads it as the user the executor runs it as).
+    fd = os.open(jd / "job.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(
             {
                 "job_id": job.id,
-                "argv": argv,
+                "argv": prefix,  # the sandbox and its reaper, or nothing; the shim fills in its pipes
+                "command": argv,
                 "workdir": str(work),
                 "env": run_env,
                 "time_limit": job.time_limit,
@@ -441,9 +497,9 @@ def prepare(
                 # (memfd, tmpfs), a process limit, and exact CPU time. Slurm does this on its nodes.
                 "cgroups": job.executor == "local",
                 "max_processes": settings.compute_max_processes,
-            }
+            },
+            f,
         )
-    )
     shutil.copyfile(SHIM, jd / "shim.py")
     launch = Launch(
         job_id=job.id,
