@@ -422,3 +422,29 @@ def test_service_messages_are_put_under_the_field_they_concern() -> None:
     assert form_message("repository nobody/none not found", {"output": "nobody/none"}) == (
         "Output dataset: repository nobody/none not found"
     )
+
+
+def test_rerun_of_a_job_with_variables_is_offered_to_its_submitter_only(
+    api: TestClient, alice: Account, bob: Account, logged_in: Callable[[Account], TestClient]
+) -> None:
+    code_repo(api, alice, "tools", {"run.py": "print(1)\n"})
+    spec = {"code": {"repo": "alice/tools"}, "command": "python run.py"}
+    spec["env"] = {"variables": {"KEY": "s3cret"}}
+    job = submit(api, alice, spec)
+    as_bob = logged_in(bob)
+    page = as_bob.get(f"/jobs/{job}")
+    assert page.status_code == 200
+    assert ">Rerun</button>" not in page.text and "s3cret" not in page.text
+    # a form posted anyway gets the service's answer, and no job
+    refused = as_bob.post(f"/jobs/{job}/rerun", data={"csrf_token": csrf_of(page.text)})
+    assert refused.status_code == 403
+    assert (
+        f"job {job} has environment variables only its submitter may use; submit a job of your own"
+        in html.unescape(refused.text)
+    )
+    assert api.get(f"{API}/jobs", params={"owner": "bob"}, headers=bob.headers).json()["jobs"] == []
+    as_alice = logged_in(alice)
+    own = as_alice.get(f"/jobs/{job}")
+    assert ">Rerun</button>" in own.text
+    rerun = as_alice.post(f"/jobs/{job}/rerun", data={"csrf_token": csrf_of(own.text)})
+    assert rerun.status_code == 303

@@ -87,6 +87,12 @@ class PayloadTooLargeError(OpenSciError):
     default_code = "payload_too_large"
 
 
+class TooManyRequestsError(OpenSciError):
+    """429: the server refuses more for now (e.g. `too_many_queued_jobs`); the hint says what to wait for."""
+
+    default_code = "too_many_requests"
+
+
 class ServerError(OpenSciError):
     default_code = "internal_error"
 
@@ -164,6 +170,14 @@ _HINTS = {
     "invalid_spec": "fix the job's spec; `opensci job submit --help` describes every field",
     "invalid_status": "use one of queued, running, succeeded, failed, cancelled, timeout",
     "priority_not_allowed": "leave the priority at 0 or below: only site administrators may raise it",
+    "rerun_not_allowed": (
+        "submit a job of your own with the same code and inputs (`opensci job submit`), with variables of "
+        "your own"
+    ),
+    "too_many_queued_jobs": (
+        "wait for some of your queued jobs to start (`opensci job list --status queued`) or cancel some "
+        "(`opensci job cancel ID`), then submit again"
+    ),
     "wait_timeout": (
         "the job goes on: wait again, follow it with `opensci job logs ID -f`, or stop it with "
         "`opensci job cancel ID`"
@@ -192,6 +206,7 @@ def _class_for(status: int, code: str) -> type[OpenSciError]:
         409: ConflictError,
         413: PayloadTooLargeError,
         422: ValidationError,
+        429: TooManyRequestsError,
     }.get(status, OpenSciError)
 
 
@@ -230,6 +245,7 @@ __all__ = [
     "RepoNotFoundError",
     "RevisionNotFoundError",
     "ServerError",
+    "TooManyRequestsError",
     "TransferError",
     "UnauthorizedError",
     "ValidationError",

@@ -105,7 +105,10 @@ def _wake(request: Request) -> None:
     "",
     status_code=201,
     response_model=JobOut,
-    responses={422: {"description": "`invalid_spec`: the spec is refused; the message names the field"}},
+    responses={
+        422: {"description": "`invalid_spec`: the spec is refused; the message names the field"},
+        429: {"description": "`too_many_queued_jobs`: the submitter already has the most jobs waiting"},
+    },
     openapi_extra=_SPEC_BODY,
 )
 def submit_job(
@@ -120,7 +123,7 @@ def submit_job(
     with _spec_refusals():
         job = service.submit(actor, session, settings, store, spec)
     _wake(request)
-    return JSONResponse(service.job_dict(settings, session, job), status_code=201)
+    return JSONResponse(service.job_dict(settings, session, job, actor), status_code=201)
 
 
 @router.get("")
@@ -148,14 +151,14 @@ def list_jobs(
         actor, session, owner=owner, status=status, repo=target, limit=limit, before=before
     )
     return {
-        "jobs": [service.job_dict(settings, session, j) for j in jobs],
+        "jobs": [service.job_dict(settings, session, j, actor) for j in jobs],
         "next_before": jobs[-1].id if len(jobs) == limit else None,
     }
 
 
 @router.get("/{job_id}", response_model=JobOut)
 def get_job(job_id: int, session: SessionDep, actor: ActorDep, settings: SettingsDep) -> dict[str, Any]:
-    return service.job_dict(settings, session, _job(actor, session, job_id))
+    return service.job_dict(settings, session, _job(actor, session, job_id), actor)
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
@@ -164,7 +167,7 @@ def cancel_job(
 ) -> dict[str, Any]:
     job = service.cancel(actor, session, _job(actor, session, job_id))
     _wake(request)
-    return service.job_dict(settings, session, job)
+    return service.job_dict(settings, session, job, actor)
 
 
 @router.post("/{job_id}/rerun", status_code=201, response_model=JobOut)
@@ -176,12 +179,13 @@ def rerun_job(
     settings: SettingsDep,
     store: StoreDep,
 ) -> JSONResponse:
-    """Run the recorded spec again at the same commits of code and inputs."""
+    """Run the recorded spec again at the same commits of code and inputs. A job with environment
+    variables is rerun only by its submitter (403 `rerun_not_allowed` for others)."""
     job = _job(actor, session, job_id)
     with _spec_refusals():
         job = service.rerun(actor, session, settings, store, job)
     _wake(request)
-    return JSONResponse(service.job_dict(settings, session, job), status_code=201)
+    return JSONResponse(service.job_dict(settings, session, job, actor), status_code=201)
 
 
 @router.get("/{job_id}/logs")

@@ -13,7 +13,13 @@ database: candidates are read with `FOR UPDATE SKIP LOCKED` on PostgreSQL, and e
 conditional update (`WHERE status = 'queued'`) that exactly one scheduler wins. Order: priority, then
 fair share (the submitter with the fewest running jobs, then the fewest started in the last hour,
 first), then age; each submitter runs at most `compute_max_running_per_user` jobs, and local jobs
-together take at most `compute_local_cpus` CPUs.
+together take at most `compute_local_cpus` CPUs and `compute_local_memory_bytes` of memory.
+
+Starting a job (checkout, inputs, environment) and finishing one (reading, hashing and committing its
+outputs, which may take minutes) run on two separate pools of threads: however many jobs are being
+collected, others still start. Right before a job is prepared, on every attempt, the submitter's rights
+are checked again: one who may no longer read the code or an input, or write the output, gets the job
+failed with reason `permissions`, and nothing of the repository is read.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import IO, Any
 
-from sqlalchemy import exists, func, or_, select, update
+from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from opensci.accounts.models import Owner
@@ -37,7 +43,7 @@ from opensci.compute import envs, outputs, workspace
 from opensci.compute.executors import Executor, ExecutorError, Observation, make_executor
 from opensci.compute.executors.base import read_json
 from opensci.compute.models import Job, JobPhase, JobStatus
-from opensci.compute.service import local_cpus
+from opensci.compute.service import local_cpus, local_memory, submitter_refusal
 from opensci.db import Database
 from opensci.db.base import utcnow
 from opensci.repos.gitstore import GitStore
@@ -48,6 +54,7 @@ log = logging.getLogger("opensci.compute")
 HOST = socket.gethostname()
 FAIR_SHARE_WINDOW = 3600  # seconds: among equal priorities, who started fewer jobs lately goes first
 CANDIDATES_PER_USER = 200  # of one submitter's queued jobs, at most this many are weighed per dispatch
+POOL_THREADS = 4  # jobs started at once, and (separately) jobs finished at once
 
 
 def _claimer_gone(claimed_by: str | None) -> bool:
@@ -66,7 +73,9 @@ class Scheduler:
         self.wake = threading.Event()
         self._stop = threading.Event()
         self._executors: dict[str, Executor] = {}
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="opensci-job")
+        # Two pools, so that finishing jobs (collecting outputs may take minutes) never delays starts.
+        self._starters = ThreadPoolExecutor(max_workers=POOL_THREADS, thread_name_prefix="opensci-start")
+        self._finishers = ThreadPoolExecutor(max_workers=POOL_THREADS, thread_name_prefix="opensci-finish")
         self._busy: set[int] = set()
         self._cancel_sent: dict[int, float] = {}
         self._lock = threading.Lock()
@@ -85,7 +94,8 @@ class Scheduler:
         self.wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        for pool in (self._starters, self._finishers):
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -166,14 +176,15 @@ class Scheduler:
                     .group_by(Job.submitter_id)
                 ).all()
             )
-            used = s.scalar(
-                select(func.coalesce(func.sum(Job.cpus), 0)).where(
-                    Job.status == JobStatus.running, Job.executor == "local", Job.host == HOST
-                )
-            )
-            free_cpus = local_cpus(self.settings) - int(used or 0)
+            used_cpus, used_memory = s.execute(
+                select(
+                    func.coalesce(func.sum(Job.cpus), 0), func.coalesce(func.sum(Job.memory_bytes), 0)
+                ).where(Job.status == JobStatus.running, Job.executor == "local", Job.host == HOST)
+            ).one()
+            free_cpus = local_cpus(self.settings) - int(used_cpus or 0)
+            free_memory = local_memory(self.settings) - int(used_memory or 0)
             per_user = self.settings.compute_max_running_per_user
-            queues = self._candidates(s, running, free_cpus, per_user)
+            queues = self._candidates(s, running, free_cpus, free_memory, per_user)
             if not queues:
                 s.rollback()
                 return
@@ -202,7 +213,7 @@ class Scheduler:
                 if per_user and running.get(who, 0) >= per_user:
                     queues.pop(who, None)  # none of its jobs may start now
                     continue
-                if job.executor == "local" and job.cpus > free_cpus:
+                if job.executor == "local" and (job.cpus > free_cpus or job.memory_bytes > free_memory):
                     continue
                 won = s.execute(
                     update(Job)
@@ -224,19 +235,26 @@ class Scheduler:
                 recent[job.submitter_id] = recent.get(job.submitter_id, 0) + 1
                 if job.executor == "local":
                     free_cpus -= job.cpus
+                    free_memory -= job.memory_bytes
                 claimed.append(job.id)
             s.commit()
         for job_id in claimed:
             with self._lock:
                 self._busy.add(job_id)
-            self._pool.submit(self._start, job_id)
+            self._starters.submit(self._start, job_id)
 
     def _candidates(
-        self, s: Session, running: dict[str | None, int], free_cpus: int, per_user: int
+        self,
+        s: Session,
+        running: dict[str | None, int],
+        free_cpus: int,
+        free_memory: int,
+        per_user: int,
     ) -> dict[str | None, deque[Job]]:
         """The queued jobs worth weighing now, by submitter, each submitter's in order (priority, then
         age): of each submitter under the per-user limit, the best of the jobs that could start (another
-        executor's, or a local one that fits the free CPUs), as many as the submitter may still start.
+        executor's, or a local one that fits the free CPUs and memory), as many as the submitter may still
+        start.
         However long one submitter's queue, every other submitter's best jobs are among them.
 
         One query finds who has such jobs (a probe of the index on submitter and status per user), then
@@ -244,7 +262,7 @@ class Scheduler:
         index: users at their limit cost one probe, however long their queues. Rows are read with
         `FOR UPDATE SKIP LOCKED` on PostgreSQL: those another scheduler is claiming are passed over, not
         waited for."""
-        fits = or_(Job.executor != "local", Job.cpus <= free_cpus)
+        fits = or_(Job.executor != "local", and_(Job.cpus <= free_cpus, Job.memory_bytes <= free_memory))
 
         def runnable(whose: Any) -> Any:
             return exists().where(whose, Job.status == JobStatus.queued, fits)
@@ -296,6 +314,10 @@ class Scheduler:
                 )
                 if job.cancel_requested:
                     self._end(s, job, out, JobStatus.cancelled, reason="cancelled", message="cancelled")
+                    return
+                refusal = submitter_refusal(s, job)
+                if refusal:
+                    self._end(s, job, out, JobStatus.failed, reason="permissions", message=refusal)
                     return
                 try:
                     launch, env = workspace.prepare(self.settings, s, self.store, self.blobs, job, out)
@@ -359,7 +381,7 @@ class Scheduler:
                 elif seen.phase == "ended":
                     with self._lock:
                         self._busy.add(job.id)
-                    self._pool.submit(self._finish, job.id, seen)
+                    self._finishers.submit(self._finish, job.id, seen)
                 elif seen.phase == "lost":
                     with self._log(job.id) as out:
                         self._retry_or_fail(s, job, out, f"the job was lost: {seen.detail}")

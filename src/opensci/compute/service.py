@@ -4,6 +4,10 @@ A job is visible to whoever may read every repository it touches (its code, inpu
 over a private dataset is as private as the dataset, and others get "not found". Submitting needs read
 access to the code and inputs and write access to the output; cancelling is for the submitter and
 site administrators.
+
+A job's `env.variables` are its submitter's: their values are shown only to the submitter and site
+administrators (others see the names, each with the value `HIDDEN`), and only the submitter may rerun a
+job that has any. Each user may have at most `compute_max_queued_per_user` jobs waiting.
 """
 
 from __future__ import annotations
@@ -15,14 +19,22 @@ from pydantic import ValidationError
 from sqlalchemy import and_, exists, func, or_, select, true
 from sqlalchemy.orm import Session
 
-from opensci.accounts.models import Owner, Scope
+from opensci.accounts.models import Owner, Scope, User
 from opensci.accounts.permissions import Actor, can, readable_repos_clause
 from opensci.compute import envs, workspace
 from opensci.compute.executors import NAMES
 from opensci.compute.models import FINAL, Job, JobPhase, JobRepo, JobStatus
 from opensci.compute.schemas import JobSpec, spec_error_message
 from opensci.db.base import utcnow
-from opensci.errors import Conflict, Forbidden, InvalidInput, NotFound, RevisionNotFound, Unauthorized
+from opensci.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    OpenSciError,
+    RevisionNotFound,
+    Unauthorized,
+)
 from opensci.repos import gitstore
 from opensci.repos import service as repos
 from opensci.repos.gitstore import GitStore
@@ -31,6 +43,11 @@ from opensci.settings import Settings
 from opensci.validation import check_owner_filter
 
 MAX_PAGE_SIZE = 200
+HIDDEN = "(hidden)"  # the value of each of a job's variables, to whoever is not its submitter nor an admin
+
+
+class TooManyQueuedJobs(OpenSciError):
+    status, code = 429, "too_many_queued_jobs"
 
 
 def _bad(message: str) -> InvalidInput:
@@ -43,6 +60,11 @@ def machine_memory() -> int:
 
 def local_cpus(settings: Settings) -> int:
     return settings.compute_local_cpus or os.cpu_count() or 1
+
+
+def local_memory(settings: Settings) -> int:
+    """Bytes of memory the local executor hands out to its jobs at once."""
+    return settings.compute_local_memory_bytes or machine_memory()
 
 
 def _ref(repo: Repository, commit: str, rev: str | None) -> dict[str, Any]:
@@ -81,7 +103,7 @@ def submit(
 ) -> Job:
     """Check the spec, resolve every revision to a commit, and queue the job. Raises before anything is
     queued: 401/403 for who may not, 404 for repositories or revisions the actor cannot see, 422 for a
-    spec that cannot run here."""
+    spec that cannot run here, 429 for a submitter with `compute_max_queued_per_user` jobs waiting."""
     if actor.user is None:
         raise Unauthorized("log in or send an API token to submit jobs", code="login_required")
     if actor.scope != Scope.write:
@@ -92,11 +114,18 @@ def submit(
         raise _bad(f"executor {executor!r} is not available here; use one of: {', '.join(enabled)}")
     if spec.priority > 0 and not actor.is_admin:
         raise Forbidden("only administrators may give a job a priority above 0", code="priority_not_allowed")
+    _check_queue_room(actor.user, session, settings)
     res = spec.resources
     memory = res.memory if isinstance(res.memory, int) else settings.compute_default_memory_bytes
     max_memory = settings.compute_max_memory_bytes or (machine_memory() if executor == "local" else 0)
     if max_memory and memory > max_memory:
         raise _bad(f"resources.memory: at most {max_memory} bytes may be asked for here")
+    if executor == "local" and memory > local_memory(settings):
+        # It would wait in the queue forever: the local executor never has that much to hand out.
+        raise _bad(
+            f"resources.memory: at most {local_memory(settings)} bytes may be asked for here "
+            "(the memory the local executor hands out to jobs)"
+        )
     time_limit = res.time_limit or settings.compute_default_time_limit
     if time_limit > settings.compute_max_time_limit:
         raise _bad(f"resources.time_limit: at most {settings.compute_max_time_limit} seconds")
@@ -159,6 +188,47 @@ def submit(
     session.commit()
     workspace.claim_dir(settings, job)  # a directory an earlier job with this id left behind goes now
     return job
+
+
+def _check_queue_room(user: User, session: Session, settings: Settings) -> None:
+    """Refuse a submission of a user who already has `compute_max_queued_per_user` jobs waiting."""
+    most = settings.compute_max_queued_per_user
+    if not most:
+        return
+    queued = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.submitter_id == user.id, Job.status == JobStatus.queued)
+    )
+    if (queued or 0) >= most:
+        raise TooManyQueuedJobs(
+            f"you have {queued} jobs waiting in the queue, the most one user may have here; wait for some "
+            "to start, or cancel some, before submitting more"
+        )
+
+
+def submitter_refusal(s: Session, job: Job) -> str | None:
+    """Why the job's submitter may not run it now (None: they may): the rights `submit` checked (read the
+    code and inputs, write the output), checked again when the job starts, for they may have changed while
+    it waited (an input made private, a membership ended). The message names the repository as the job
+    recorded it, nothing more of it."""
+    user = s.get(User, job.submitter_id) if job.submitter_id else None
+    if user is None:
+        return "the job's submitter no longer exists"
+    actor = Actor.for_user(s, user)
+    name = user.name
+    sources = [("the job's code", job.resolved["code"])]
+    sources += [(f"the job's input {key}", ref) for key, ref in job.resolved["inputs"].items()]
+    for what, ref in sources:
+        repo = s.get(Repository, ref["repo_id"]) if ref.get("repo_id") else None
+        if repo is None or not can(actor, "read", repo):
+            return f"{name} may no longer read {ref['repo']}, {what}"
+    output = job.resolved.get("output")
+    if output is not None:
+        repo = s.get(Repository, output["repo_id"]) if output.get("repo_id") else None
+        if repo is None or not can(actor, "write", repo):
+            return f"{name} may no longer write to {output['repo']}, the job's output"
+    return None
 
 
 def readable_jobs_clause(actor: Actor) -> Any:
@@ -286,7 +356,13 @@ def cancel(actor: Actor, session: Session, job: Job) -> Job:
 
 def rerun(actor: Actor, session: Session, settings: Settings, store: GitStore, job: Job) -> Job:
     """Queue the recorded spec again at the same commits of code and inputs (same command, environment,
-    resources, executor and output branch)."""
+    resources, executor and output branch). A job with environment variables is rerun only by its
+    submitter: the variables (tokens, say) are theirs, not to be used by others, nor shown to them."""
+    if variables_of(job) and not _is_submitter(actor, job):
+        raise Forbidden(
+            f"job {job.id} has environment variables only its submitter may use; submit a job of your own",
+            code="rerun_not_allowed",
+        )
     spec = dict(job.spec)
     spec["code"] = {"repo": job.resolved["code"]["repo"], "rev": job.resolved["code"]["commit"]}
     spec["inputs"] = {n: {"repo": r["repo"], "rev": r["commit"]} for n, r in job.resolved["inputs"].items()}
@@ -306,7 +382,42 @@ def _iso(value: Any) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
-def job_dict(settings: Settings, session: Session, job: Job) -> dict[str, Any]:
+def variables_of(job: Job) -> dict[str, str]:
+    """The job's `env.variables` as submitted."""
+    variables = (job.spec.get("env") or {}).get("variables") or {}
+    return dict(variables) if isinstance(variables, dict) else {}
+
+
+def _is_submitter(actor: Actor | None, job: Job) -> bool:
+    return (
+        actor is not None
+        and actor.user is not None
+        and job.submitter_id is not None
+        and actor.user.id == job.submitter_id
+    )
+
+
+def may_see_variables(actor: Actor | None, job: Job) -> bool:
+    """Whether `actor` may see the values of the job's variables: its submitter and administrators."""
+    return actor is not None and (actor.is_admin or _is_submitter(actor, job))
+
+
+def may_rerun(actor: Actor, job: Job) -> bool:
+    """Whether `actor` may be offered to rerun the job (the service still checks the rest)."""
+    return actor.user is not None and (not variables_of(job) or _is_submitter(actor, job))
+
+
+def _shown_spec(job: Job, viewer: Actor | None) -> dict[str, Any]:
+    """The job's spec as `viewer` may see it: variables' values replaced by `HIDDEN` unless allowed."""
+    variables = variables_of(job)
+    if not variables or may_see_variables(viewer, job):
+        return job.spec
+    env = {**job.spec["env"], "variables": dict.fromkeys(variables, HIDDEN)}
+    return {**job.spec, "env": env}
+
+
+def job_dict(settings: Settings, session: Session, job: Job, viewer: Actor | None = None) -> dict[str, Any]:
+    """The job as the API shows it to `viewer` (None: someone who may not see its variables' values)."""
     submitter = session.get(Owner, job.submitter_id) if job.submitter_id else None
     output = job.resolved.get("output")
     if output is not None:
@@ -317,7 +428,7 @@ def job_dict(settings: Settings, session: Session, job: Job) -> dict[str, Any]:
         "phase": job.phase,
         "url": f"{settings.base_url.rstrip('/')}/jobs/{job.id}",
         "submitter": submitter.name if submitter else None,
-        "spec": job.spec,
+        "spec": _shown_spec(job, viewer),
         "code": _public(job.resolved["code"]),
         "inputs": {name: _public(ref) for name, ref in job.resolved["inputs"].items()},
         "output": output,

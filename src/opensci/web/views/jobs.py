@@ -191,7 +191,7 @@ def _job_page(
         log_text=log_text,
         log_offset=log_offset,
         log_cut=log_cut,
-        can_rerun=actor.user is not None,
+        can_rerun=service.may_rerun(actor, job),
         headers={"Vary": "HX-Request"},
         **context,
     )

@@ -1,0 +1,457 @@
+"""Fixes from the security QA pass of jobs: collecting outputs never delays starts; the submitter's rights
+are checked again when a job starts; local jobs are admitted within a memory budget; a job's variables are
+its submitter's (values hidden from others, no rerun by others); and a cap on each user's queued jobs."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import select, update
+
+from opensci.client.errors import TooManyRequestsError, error_from_response
+from opensci.compute import outputs, workspace
+from opensci.compute.models import Job
+from opensci.compute.scheduler import HOST, Scheduler
+from opensci.compute.service import HIDDEN
+from tests.api_helpers import API, create_repo, error_code
+from tests.compute.conftest import code_repo, dataset, finished, submit, wait
+from tests.conftest import Account
+
+GiB = 1024**3
+
+
+# --- 1. collecting outputs never delays starts --------------------------------------------------------------
+
+
+def test_a_job_starts_while_every_finisher_is_busy_collecting(
+    app: FastAPI,
+    monkeypatch: pytest.MonkeyPatch,
+    http: httpx.Client,
+    alice: Account,
+    bob: Account,
+    make_user: Callable[..., Account],
+) -> None:
+    """The QA repro: four jobs whose outputs take long to collect (held here until the test lets them go)
+    must not keep another user's job from starting while CPUs are free."""
+    app.state.settings.compute_local_cpus = 8
+    app.state.settings.compute_max_running_per_user = 0
+    release = threading.Event()
+    real = outputs.commit_outputs
+
+    def slow(*args: Any, **kwargs: Any) -> str | None:
+        job: Job = args[4]
+        if job.submitter_id == alice.user.id:
+            release.wait(120)  # a huge output being read and hashed
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(outputs, "commit_outputs", slow)
+    root = make_user("root", admin=True)
+    try:
+        code_repo(http, alice, "tool", {"w.py": "open('outputs/o.txt', 'w').write('x')\n"})
+        dataset(http, alice, "results", None)
+        spec = {
+            "code": {"repo": "alice/tool"},
+            "command": ["python", "w.py"],
+            "output": {"repo": "alice/results", "branch": "main"},
+        }
+        slow_jobs = [submit(http, alice, spec)["id"] for _ in range(4)]
+        for job_id in slow_jobs:
+            wait(http, alice, job_id, lambda j: j["phase"] == "collecting", timeout=120)
+        quick = submit(http, bob, {"code": {"repo": "alice/tool"}, "command": ["true"]})["id"]
+        # It starts (and runs) although all four are still being collected.
+        seen = wait(http, bob, quick, lambda j: j["phase"] in ("executing", "collecting", "done"), 30)
+        assert seen["status"] in ("running", "succeeded"), seen
+        phases = [http.get(f"{API}/jobs/{j}", headers=root.headers).json()["phase"] for j in slow_jobs]
+        assert phases == ["collecting"] * 4, phases
+        release.set()
+        for job_id in (*slow_jobs, quick):
+            assert finished(http, root, job_id)["status"] == "succeeded"
+    finally:
+        release.set()  # before the scheduler stops: it waits for its threads
+
+
+# --- 2. the submitter's rights, checked again at start ------------------------------------------------------
+
+
+@pytest.fixture
+def prepared(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The ids of the jobs `workspace.prepare` was called for; it then stops them (as a preparation error),
+    so that a test sees whether a job got as far as reading its code and inputs, and nothing runs."""
+    calls: list[int] = []
+
+    def prepare(settings: Any, s: Any, store: Any, blobs: Any, job: Job, out: Any) -> Any:
+        calls.append(job.id)
+        raise workspace.PrepareError("stopped by the test before preparing")
+
+    monkeypatch.setattr(workspace, "prepare", prepare)
+    return calls
+
+
+class Inline:
+    """A pool that runs what it is given at once, in the caller's thread."""
+
+    def __init__(self) -> None:
+        self.ran: list[tuple[Any, ...]] = []
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        self.ran.append(args)
+        fn(*args)
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        pass
+
+
+def start_queued(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One dispatch of the app's scheduler (not started), each claimed job started in this thread; returns
+    the ids of the jobs started."""
+    scheduler: Scheduler = app.state.scheduler
+    starters = Inline()
+    monkeypatch.setattr(scheduler, "_starters", starters)
+    scheduler._dispatch()
+    return [args[0] for args in starters.ran]
+
+
+def job_row(app: FastAPI, job_id: int) -> Job:
+    with app.state.db.session() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        s.expunge(job)
+        return job
+
+
+def post_job(client: TestClient, who: Account, spec: dict[str, Any]) -> int:
+    r = client.post(f"{API}/jobs", json=spec, headers=who.headers)
+    assert r.status_code == 201, r.text
+    return int(r.json()["id"])
+
+
+@pytest.fixture
+def shared(client: TestClient, alice: Account, bob: Account) -> dict[str, str]:
+    """alice's public code and output dataset, and bob's public dataset that alice's jobs read."""
+    code = code_repo(client, alice, "tool", {"run.py": "print(1)\n"})
+    data = dataset(client, bob, "data", {"values.csv": "v\n1\n"})
+    dataset(client, alice, "results", None)
+    assert data is not None
+    return {"code": code, "data": data}
+
+
+SPEC = {
+    "code": {"repo": "alice/tool"},
+    "command": ["python", "run.py"],
+    "inputs": {"numbers": {"repo": "bob/data"}},
+    "output": {"repo": "alice/results"},
+}
+
+
+def test_a_job_whose_input_became_private_fails_at_start_without_reading_it(
+    app: FastAPI,
+    client: TestClient,
+    monkeypatch: pytest.MonkeyPatch,
+    prepared: list[int],
+    alice: Account,
+    bob: Account,
+    shared: dict[str, str],
+) -> None:
+    job_id = post_job(client, alice, SPEC)
+    r = client.patch(f"{API}/repos/bob/data", json={"private": True}, headers=bob.headers)
+    assert r.status_code == 200, r.text
+    assert start_queued(app, monkeypatch) == [job_id]
+    job = job_row(app, job_id)
+    assert (job.status, job.reason) == ("failed", "permissions"), (job.status, job.reason, job.message)
+    assert job.message == "alice may no longer read bob/data, the job's input numbers"
+    assert shared["data"] not in job.message
+    assert prepared == []  # nothing of the input was read, nothing ran
+    assert job.output_commit is None
+
+
+def test_a_job_whose_submitter_may_no_longer_write_its_output_fails_at_start(
+    app: FastAPI,
+    client: TestClient,
+    monkeypatch: pytest.MonkeyPatch,
+    prepared: list[int],
+    alice: Account,
+    bob: Account,
+) -> None:
+    code_repo(client, alice, "tool", {"run.py": "print(1)\n"})
+    assert client.post(f"{API}/orgs", json={"name": "lab"}, headers=bob.headers).status_code == 201
+    r = client.put(f"{API}/orgs/lab/members/alice", json={"role": "write"}, headers=bob.headers)
+    assert r.status_code == 200, r.text
+    create_repo(client, bob, "results", kind="dataset", owner="lab")
+    job_id = post_job(
+        client,
+        alice,
+        {"code": {"repo": "alice/tool"}, "command": "python run.py", "output": {"repo": "lab/results"}},
+    )
+    assert client.delete(f"{API}/orgs/lab/members/alice", headers=bob.headers).status_code == 204
+    start_queued(app, monkeypatch)
+    job = job_row(app, job_id)
+    assert (job.status, job.reason) == ("failed", "permissions")
+    assert job.message == "alice may no longer write to lab/results, the job's output"
+    assert prepared == []
+
+
+def test_rights_are_checked_again_on_a_retry_and_kept_rights_pass(
+    app: FastAPI,
+    client: TestClient,
+    monkeypatch: pytest.MonkeyPatch,
+    prepared: list[int],
+    alice: Account,
+    bob: Account,
+    shared: dict[str, str],
+) -> None:
+    """A job lost once is queued again (attempt 2): the submitter's rights are checked again then. And a
+    job whose submitter keeps them goes on to be prepared."""
+    kept = post_job(client, alice, SPEC)
+    start_queued(app, monkeypatch)
+    assert prepared == [kept]  # allowed: it got as far as preparing
+    assert job_row(app, kept).reason == "preparation"
+
+    retried = post_job(client, alice, SPEC)
+    with app.state.db.session() as s:  # as `_retry_or_fail` leaves a job lost on its first attempt
+        s.execute(update(Job).where(Job.id == retried).values(attempts=1))
+        s.commit()
+    r = client.patch(f"{API}/repos/bob/data", json={"private": True}, headers=bob.headers)
+    assert r.status_code == 200, r.text
+    start_queued(app, monkeypatch)
+    job = job_row(app, retried)
+    assert (job.status, job.reason, job.attempts) == ("failed", "permissions", 2)
+    assert "bob/data" in job.message
+    assert prepared == [kept]
+
+
+def test_the_qa_repro_a_queued_job_never_publishes_an_input_made_private(
+    app: FastAPI, http: httpx.Client, alice: Account, bob: Account, make_user: Callable[..., Account]
+) -> None:
+    """For real: alice's job waits behind another (one CPU); meanwhile bob makes the input private. The job
+    fails with reason `permissions` and alice's public output gets no commit."""
+    app.state.settings.compute_local_cpus = 1
+    root = make_user("root", admin=True)
+    code_repo(
+        http,
+        alice,
+        "tool",
+        {
+            "nap.py": "import time\ntime.sleep(3)\n",
+            "copy.py": "import shutil\nshutil.copytree('inputs/numbers', 'outputs/leak')\n",
+        },
+    )
+    dataset(http, bob, "data", {"secret.csv": "v\n42\n"})
+    dataset(http, alice, "results", None)
+    blocker = submit(http, alice, {"code": {"repo": "alice/tool"}, "command": "python nap.py"})
+    wait(http, alice, blocker["id"], lambda j: j["phase"] == "executing")
+    job = submit(http, alice, {**SPEC, "command": "python copy.py"})
+    r = http.patch(f"{API}/repos/bob/data", json={"private": True}, headers=bob.headers)
+    assert r.status_code == 200, r.text
+    assert http.get(f"{API}/jobs/{blocker['id']}", headers=alice.headers).json()["status"] == "running"
+    done = finished(http, root, job["id"])
+    assert (done["status"], done["reason"]) == ("failed", "permissions"), done
+    assert done["message"] == "alice may no longer read bob/data, the job's input numbers"
+    assert "42" not in http.get(f"{API}/jobs/{job['id']}/logs", headers=root.headers).text
+    refs = http.get(f"{API}/repos/alice/results/refs", headers=root.headers).json()
+    assert refs["branches"] == [], refs
+
+
+# --- 3. the memory budget of the local executor -------------------------------------------------------------
+
+
+@pytest.fixture
+def dispatcher(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> Scheduler:
+    """The app's scheduler, not started; a dispatch claims jobs but starts nothing."""
+    scheduler = app.state.scheduler
+    monkeypatch.setattr(scheduler, "_start", lambda job_id: None)
+    return scheduler
+
+
+def enqueue(
+    app: FastAPI, who: Account, count: int, *, memory: int, cpus: int = 1, status: str = "queued"
+) -> list[int]:
+    with app.state.db.session() as s:
+        jobs = [
+            Job(
+                submitter_id=who.user.id,
+                status=status,
+                phase="waiting" if status == "queued" else "executing",
+                priority=0,
+                spec={},
+                resolved={},
+                executor="local",
+                cpus=cpus,
+                memory_bytes=memory,
+                time_limit=60,
+                host=HOST if status == "running" else None,
+                claimed_by="elsewhere" if status == "running" else None,
+                environment={},
+                usage={},
+            )
+            for _ in range(count)
+        ]
+        s.add_all(jobs)
+        s.commit()
+        return [j.id for j in jobs]
+
+
+def running_ids(app: FastAPI) -> set[int]:
+    with app.state.db.session() as s:
+        return set(s.scalars(select(Job.id).where(Job.status == "running")))
+
+
+def test_two_jobs_that_together_ask_more_memory_than_the_budget_run_one_at_a_time(
+    app: FastAPI, dispatcher: Scheduler, alice: Account, bob: Account
+) -> None:
+    """The QA repro: two jobs of 20G each on a 23 GiB machine, CPUs to spare."""
+    app.state.settings.compute_local_cpus = 8
+    app.state.settings.compute_local_memory_bytes = 23 * GiB
+    app.state.settings.compute_max_running_per_user = 0
+    (first,) = enqueue(app, alice, 1, memory=20 * GiB)
+    (second,) = enqueue(app, bob, 1, memory=20 * GiB)
+    dispatcher._dispatch()
+    assert running_ids(app) == {first}
+    dispatcher._dispatch()  # 3 GiB left: still one
+    assert running_ids(app) == {first}
+    with app.state.db.session() as s:  # the first ends: the second fits
+        s.execute(update(Job).where(Job.id == first).values(status="succeeded", phase="done"))
+        s.commit()
+    dispatcher._dispatch()
+    assert running_ids(app) == {second}
+
+
+def test_a_job_that_fits_the_free_memory_is_found_behind_hundreds_that_do_not(
+    app: FastAPI, dispatcher: Scheduler, alice: Account, bob: Account
+) -> None:
+    """4 GiB in all, 3 GiB taken by a running job: of 250 queued jobs of 2 GiB and one of 512 MiB queued
+    after them, the small one starts; fair share still weighs bob's job, which fits too."""
+    app.state.settings.compute_local_cpus = 8
+    app.state.settings.compute_local_memory_bytes = 4 * GiB
+    app.state.settings.compute_max_running_per_user = 0
+    (busy,) = enqueue(app, alice, 1, memory=3 * GiB, status="running")
+    enqueue(app, alice, 250, memory=2 * GiB)
+    (small,) = enqueue(app, alice, 1, memory=GiB // 2)
+    (theirs,) = enqueue(app, bob, 1, memory=GiB // 4)
+    dispatcher._dispatch()
+    assert running_ids(app) == {busy, small, theirs}
+
+
+def test_memory_of_jobs_on_other_hosts_is_not_counted(
+    app: FastAPI, dispatcher: Scheduler, alice: Account
+) -> None:
+    app.state.settings.compute_local_cpus = 8
+    app.state.settings.compute_local_memory_bytes = 4 * GiB
+    (elsewhere,) = enqueue(app, alice, 1, memory=4 * GiB, status="running")
+    with app.state.db.session() as s:
+        s.execute(update(Job).where(Job.id == elsewhere).values(host="another-host"))
+        s.commit()
+    (mine,) = enqueue(app, alice, 1, memory=4 * GiB)
+    dispatcher._dispatch()
+    assert running_ids(app) == {elsewhere, mine}
+
+
+def test_a_job_asking_more_memory_than_the_whole_budget_is_refused_at_submit(
+    app: FastAPI, client: TestClient, alice: Account
+) -> None:
+    code_repo(client, alice, "tool", {"run.py": "print(1)\n"})
+    app.state.settings.compute_local_memory_bytes = GiB
+    base = {"code": {"repo": "alice/tool"}, "command": "python run.py"}
+    for resources in ({"memory": "2G"}, {}):  # stated, or the default (2 GiB)
+        r = client.post(f"{API}/jobs", json={**base, "resources": resources}, headers=alice.headers)
+        assert error_code(r, 422) == "invalid_spec"
+        assert r.json()["message"].startswith(f"resources.memory: at most {GiB} bytes"), r.json()
+    ok = client.post(f"{API}/jobs", json={**base, "resources": {"memory": "1G"}}, headers=alice.headers)
+    assert ok.status_code == 201, ok.text
+    # The budget bounds local jobs even where the largest memory limit is configured higher.
+    app.state.settings.compute_max_memory_bytes = 64 * GiB
+    r = client.post(f"{API}/jobs", json={**base, "resources": {"memory": "2G"}}, headers=alice.headers)
+    assert error_code(r, 422) == "invalid_spec" and "resources.memory" in r.json()["message"]
+
+
+# --- 4. a job's variables are its submitter's ---------------------------------------------------------------
+
+
+@pytest.fixture
+def with_variables(client: TestClient, alice: Account) -> int:
+    code_repo(client, alice, "tool", {"run.py": "print(1)\n"})
+    spec = {
+        "code": {"repo": "alice/tool"},
+        "command": "python run.py",
+        "env": {"variables": {"API_TOKEN": "s3cret-value", "MODE": "fast"}},
+    }
+    return post_job(client, alice, spec)
+
+
+def test_variable_values_are_shown_only_to_the_submitter_and_administrators(
+    client: TestClient, alice: Account, bob: Account, make_user: Callable[..., Account], with_variables: int
+) -> None:
+    root = make_user("root", admin=True)
+    url = f"{API}/jobs/{with_variables}"
+    for who in (alice, root):
+        body = client.get(url, headers=who.headers).json()
+        assert body["spec"]["env"]["variables"] == {"API_TOKEN": "s3cret-value", "MODE": "fast"}
+    for headers in (bob.headers, {}):  # another user; anonymous (the code is public)
+        r = client.get(url, headers=headers)
+        assert r.status_code == 200, r.text
+        assert r.json()["spec"]["env"]["variables"] == {"API_TOKEN": HIDDEN, "MODE": HIDDEN}
+        assert "s3cret-value" not in r.text
+        listed = client.get(f"{API}/jobs", headers=headers)
+        assert listed.status_code == 200 and with_variables in [j["id"] for j in listed.json()["jobs"]]
+        assert "s3cret-value" not in listed.text
+    assert "s3cret-value" in client.get(f"{API}/jobs", headers=alice.headers).text
+
+
+def test_only_the_submitter_reruns_a_job_that_has_variables(
+    client: TestClient, alice: Account, bob: Account, make_user: Callable[..., Account], with_variables: int
+) -> None:
+    root = make_user("root", admin=True)
+    for who in (bob, root):
+        r = client.post(f"{API}/jobs/{with_variables}/rerun", headers=who.headers)
+        assert error_code(r, 403) == "rerun_not_allowed"
+        assert r.json()["message"] == (
+            f"job {with_variables} has environment variables only its submitter may use; "
+            "submit a job of your own"
+        )
+    with client.app.state.db.session() as s:  # type: ignore[attr-defined]
+        assert s.scalar(select(Job.id).where(Job.rerun_of == with_variables)) is None
+    own = client.post(f"{API}/jobs/{with_variables}/rerun", headers=alice.headers)
+    assert own.status_code == 201, own.text
+    assert own.json()["spec"]["env"]["variables"]["API_TOKEN"] == "s3cret-value"
+    # A job without variables is anyone's to rerun, as before.
+    plain = post_job(client, alice, {"code": {"repo": "alice/tool"}, "command": "python run.py"})
+    theirs = client.post(f"{API}/jobs/{plain}/rerun", headers=bob.headers)
+    assert theirs.status_code == 201 and theirs.json()["submitter"] == "bob"
+
+
+# --- 5. a cap on each user's queued jobs --------------------------------------------------------------------
+
+
+def test_a_submission_beyond_the_queued_jobs_cap_is_refused(
+    app: FastAPI, client: TestClient, alice: Account, bob: Account
+) -> None:
+    app.state.settings.compute_max_queued_per_user = 3
+    code_repo(client, alice, "tool", {"run.py": "print(1)\n"})
+    spec = {"code": {"repo": "alice/tool"}, "command": "python run.py"}
+    mine = [post_job(client, alice, spec) for _ in range(3)]
+    r = client.post(f"{API}/jobs", json=spec, headers=alice.headers)
+    assert error_code(r, 429) == "too_many_queued_jobs"
+    assert "3 jobs waiting in the queue" in r.json()["message"]
+    rerun = client.post(f"{API}/jobs/{mine[0]}/rerun", headers=alice.headers)
+    assert error_code(rerun, 429) == "too_many_queued_jobs"
+    with app.state.db.session() as s:
+        assert len(s.scalars(select(Job.id).where(Job.submitter_id == alice.user.id)).all()) == 3
+    assert client.post(f"{API}/jobs", json=spec, headers=bob.headers).status_code == 201  # per user
+    assert client.post(f"{API}/jobs/{mine[0]}/cancel", headers=alice.headers).status_code == 200
+    assert client.post(f"{API}/jobs", json=spec, headers=alice.headers).status_code == 201  # room again
+    app.state.settings.compute_max_queued_per_user = 0  # no limit
+    assert client.post(f"{API}/jobs", json=spec, headers=alice.headers).status_code == 201
+
+
+def test_the_sdk_maps_the_cap_to_a_typed_error_with_a_hint() -> None:
+    request = httpx.Request("POST", "http://server/api/v1/jobs")
+    body = {"error": "too_many_queued_jobs", "message": "you have 1000 jobs waiting in the queue"}
+    err = error_from_response(httpx.Response(429, json=body, request=request))
+    assert isinstance(err, TooManyRequestsError)
+    assert (err.status, err.code) == (429, "too_many_queued_jobs")
+    assert "cancel" in err.hint
