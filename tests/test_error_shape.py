@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
@@ -521,3 +522,13 @@ def test_recursion_in_the_pure_python_json_decoder_is_recognized() -> None:
 
         endless(0)
     assert not _decoding_json(caught.value)
+
+
+def test_429_too_many_queued_jobs(app: FastAPI, client: TestClient, alice: Account) -> None:
+    """The one 429 of the API: a user's queue is full (OPENSCI_COMPUTE_MAX_QUEUED_PER_USER)."""
+    app.state.settings.compute_max_queued_per_user = 1
+    create_repo(client, alice, "tool", kind="code")
+    committed(client, alice, "alice/tool", {"run.sh": "true\n"})
+    spec = {"code": {"repo": "alice/tool"}, "command": ["true"]}
+    assert client.post(f"{API}/jobs", json=spec, headers=alice.headers).status_code == 201
+    assert_envelope(client.post(f"{API}/jobs", json=spec, headers=alice.headers), 429, "too_many_queued_jobs")

@@ -15,7 +15,7 @@ import httpx
 from fastapi import FastAPI
 
 from tests.api_helpers import API
-from tests.compute.conftest import code_repo, dataset, finished, logs, submit
+from tests.compute.conftest import code_repo, dataset, finished, logs, submit, wait
 from tests.conftest import Account, LiveServer, need, need_binary
 
 SH = {"run.sh": "#!/bin/sh\n"}
@@ -478,3 +478,29 @@ def test_the_input_cache_keeps_what_jobs_use_and_drops_the_oldest_past_its_limit
     os.link(cache / "used", tmp_path / "a-job-input")  # linked into a job's directory: in use
     assert workspace.trim_cache(settings) == 4096
     assert sorted(p.name for p in cache.iterdir()) == ["newest", "recent", "used"]
+
+
+def test_an_input_made_private_while_the_job_runs_is_not_published(
+    http: httpx.Client, alice: Account, bob: Account
+) -> None:
+    code_repo(http, alice, "tool", SH)
+    dataset(http, bob, "shared", {"p.txt": "bob's\n"})
+    dataset(http, alice, "public-out", None)
+    job = submit(
+        http,
+        alice,
+        {
+            "code": {"repo": "alice/tool"},
+            "command": ["sh", "-c", "sleep 2; cp inputs/x/p.txt outputs/"],
+            "inputs": {"x": {"repo": "bob/shared"}},
+            "output": {"repo": "alice/public-out"},
+        },
+    )
+    wait(http, alice, job["id"], lambda j: j["status"] == "running")
+    r = http.patch(f"{API}/repos/bob/shared", json={"private": True}, headers=bob.headers)
+    assert r.status_code == 200, r.text
+    done = finished(http, bob, job["id"])  # alice no longer sees it: one of its inputs is private to her
+    assert done["status"] == "failed" and done["reason"] == "outputs", done
+    assert "may no longer read bob/shared" in done["message"]
+    r = http.get(f"{API}/repos/alice/public-out/commits", headers=alice.headers)
+    assert r.json()["items"] == [], r.text

@@ -24,7 +24,8 @@ from typing import IO
 from sqlalchemy.orm import Session
 
 from opensci.accounts.models import User
-from opensci.accounts.permissions import Actor, can
+from opensci.accounts.permissions import Actor
+from opensci.compute import service
 from opensci.compute.models import Job
 from opensci.compute.shim import human_size
 from opensci.compute.workspace import note
@@ -187,8 +188,10 @@ def commit_outputs(
     if user is None:
         raise OutputError("the job's submitter no longer exists")
     actor = Actor.for_user(session, user)
-    if not can(actor, "write", repo):
-        raise OutputError(f"{user.name} may no longer write to {repo.full_name}")
+    # Rights may have changed while the job ran: an input made private must not be published now.
+    refusal = service.submitter_refusal(session, job)
+    if refusal is not None:
+        raise OutputError(refusal)
     try:
         g = repos.open_git(store, repo)
         base = repos.branch_base(g, repo, target["branch"])
