@@ -14,6 +14,7 @@ from sqlalchemy import update
 
 from opensci.client import Client, UploadResult
 from opensci.client import chunks as client_chunks
+from opensci.storage import api as storage_api
 from opensci.storage import chunking as server_chunking
 from opensci.storage import files
 from opensci.storage.maintenance import stats
@@ -206,3 +207,31 @@ def test_a_chunk_lost_while_the_manifest_streams_is_sent_again(
     assert result.bytes_sent == once + framing + fc.lengths[0]  # the lost chunk travelled twice
     assert pointer_in_git(app, sdk, "alice/lost", result.commit, "f.bin") == (sha256(path), size)
     assert hashlib.sha256(raw.file("alice/lost", result.commit, "f.bin")).hexdigest() == sha256(path)
+
+
+def test_batches_beyond_what_the_server_receives_at_once_wait_their_turn(
+    app: FastAPI, sdk: Client, raw: Raw, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK's defaults (4 workers, 16 MiB batches) against a server that receives two batches at once:
+    the others wait their turn and the upload completes."""
+    receiving = storage_api._Admission(2 * (client_chunks.BATCH_BYTES + MiB))
+    monkeypatch.setattr(storage_api, "_receiving", receiving)
+    peak, waited = [0], [0]
+    real = receiving._acquire
+
+    async def acquire(amount: int) -> None:
+        waited[0] += receiving.used + amount > receiving.capacity
+        await real(amount)
+        peak[0] = max(peak[0], receiving.used)
+
+    monkeypatch.setattr(receiving, "_acquire", acquire)
+    sdk.create_repo("queued", kind="dataset")
+    path = random_file(tmp_path / "big.bin", 5 * client_chunks.BATCH_BYTES + 12345, 11)
+    result = sdk.upload_with_result("alice/queued", path)
+    assert result.bytes_sent >= path.stat().st_size
+    assert waited[0] > 0 and 0 < peak[0] <= receiving.capacity and receiving.used == 0
+    assert pointer_in_git(app, sdk, "alice/queued", result.commit, "big.bin") == (
+        sha256(path),
+        path.stat().st_size,
+    )
+    assert hashlib.sha256(raw.file("alice/queued", result.commit, "big.bin")).hexdigest() == sha256(path)

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from blake3 import blake3
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -23,7 +24,7 @@ from opensci.storage import api as storage_api
 from opensci.storage import files, quota
 from opensci.storage.chunking import ChunkedStream
 from opensci.storage.maintenance import stats
-from opensci.storage.models import RepoObject
+from opensci.storage.models import RepoObject, StorageObject
 from tests.api_helpers import API, commit, committed, create_repo, error_code
 from tests.conftest import Account, LiveServer
 
@@ -214,6 +215,34 @@ def test_a_chunk_whose_bytes_do_not_match_its_hash_stores_nothing_of_the_batch(
     assert error_code(up.send(frames(bad)), 422) == "digest_mismatch"
     assert up.missing(hashes).json()["missing"] == hashes
     assert pack_bytes(app) == 0
+
+
+def test_another_user_cannot_recut_an_object_others_hold(
+    app: FastAPI, client: TestClient, alice: Account, bob: Account, up: Uploader
+) -> None:
+    """What QA saw: bob uploaded content alice holds privately as tiny chunks, and alice's copy became 40
+    times slower to read. Short chunks are refused; a manifest of other (valid) chunks is accepted, but
+    the object keeps the manifest it has."""
+    data = random_bytes(2 * 1024 * 1024, 50)
+    oid, size = up.upload(data)
+    with app.state.db.session() as session:
+        before = session.get(StorageObject, oid).manifest
+    create_repo(client, bob, "copy", kind="dataset")
+    bobs = Uploader(client, bob, "bob/copy")
+    tiny = [(blake3(data[i : i + 64]).hexdigest(), data[i : i + 64]) for i in range(0, 64 * 2000, 64)]
+    assert bobs.send(frames(tiny)).status_code == 200
+    rest = data[64 * 2000 :]
+    tiny.append((blake3(rest).hexdigest(), rest))
+    assert bobs.send(frames(tiny[-1:])).status_code == 200
+    r = bobs.assemble(oid, size, [h for h, _ in tiny])
+    assert error_code(r, 422) == "invalid_manifest" and "64 bytes" in r.json()["message"]
+    step = 20_000
+    other = [(blake3(data[i : i + step]).hexdigest(), data[i : i + step]) for i in range(0, size, step)]
+    assert bobs.send(frames(other)).status_code == 200
+    assert bobs.assemble(oid, size, [h for h, _ in other]).status_code == 201
+    with app.state.db.session() as session:
+        assert session.get(StorageObject, oid).manifest == before
+    assert held(app, "bob/copy") == {oid} and held(app, "alice/data") == {oid}
 
 
 @pytest.mark.parametrize(

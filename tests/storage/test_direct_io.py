@@ -134,7 +134,7 @@ def test_the_read_back_works_while_an_upload_appends_to_the_pack(store: BlobStor
     thread.start()
     expected = hashlib.sha256()
     try:
-        with store.content_reader() as reader:
+        with store.content_reader(min_chunk=0) as reader:  # chunks of any size, to grow the pack quickly
             while (item := written.get()) is not None:
                 digest, loc = item
                 reader.feed([digest], {digest: loc})  # the last record of the pack, as it grows

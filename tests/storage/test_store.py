@@ -7,14 +7,14 @@ import threading
 from collections.abc import Callable
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
 
 from opensci.db import Database
 from opensci.errors import InvalidInput
 from opensci.storage.chunking import MAX_SIZE, MIN_SIZE, new_chunker
 from opensci.storage.errors import DigestMismatch, MissingChunks, ObjectNotFound
 from opensci.storage.maintenance import stats, verify
-from opensci.storage.models import StorageChunk, StorageObject
+from opensci.storage.models import ObjectState, StorageChunk, StorageObject
 from opensci.storage.store import BlobStore
 from tests.storage.conftest import chunk_name, random_bytes, sha256
 
@@ -271,6 +271,78 @@ def test_put_chunk_checks_the_hash(store: BlobStore, db: Database) -> None:
         )
         == 2
     )
+
+
+def manifest_of(db: Database, oid: str) -> bytes:
+    with db.session() as session:
+        return session.scalars(select(StorageObject.manifest).where(StorageObject.oid == oid)).one()
+
+
+def fixed_cut(data: bytes, size: int) -> list[tuple[str, bytes]]:
+    """`data` in pieces of `size` bytes (the last shorter): chunks no chunker of ours cuts."""
+    return [(chunk_name(data[i : i + size]), data[i : i + size]) for i in range(0, len(data), size)]
+
+
+def test_an_object_stored_healthy_keeps_its_manifest(store: BlobStore, db: Database) -> None:
+    """Another upload of the same content, however cut, only touches the object: its manifest, which every
+    holder of the object reads, stays as it was."""
+    data = random_bytes(1_000_000, 40)
+    before = manifest_of(db, store.put(io.BytesIO(data)).oid)
+    pieces = fixed_cut(data, 20_000)
+    store.put_chunks(pieces)
+    info = store.commit_manifest(sha256(data), len(data), [h for h, _ in pieces])
+    assert manifest_of(db, info.oid) == before and info.chunk_count == len(before) // 36
+    assert b"".join(store.iter_range(info.oid)) == data
+
+
+@pytest.mark.parametrize("damage", ["chunk damaged", "chunk gone", "object damaged"])
+def test_an_upload_replaces_the_manifest_of_a_damaged_object(
+    store: BlobStore, db: Database, damage: str
+) -> None:
+    data = random_bytes(1_000_000, 41)
+    oid = store.put(io.BytesIO(data)).oid
+    victim = manifest_of(db, oid)[:32]
+    with db.session() as session:
+        if damage == "chunk damaged":
+            session.execute(update(StorageChunk).where(StorageChunk.digest == victim).values(damaged=True))
+        elif damage == "chunk gone":
+            session.execute(delete(StorageChunk).where(StorageChunk.digest == victim))
+        else:
+            session.execute(update(StorageObject).values(state=ObjectState.damaged))
+        session.commit()
+    pieces = fixed_cut(data, 20_000)
+    store.put_chunks(pieces)
+    info = store.commit_manifest(oid, len(data), [h for h, _ in pieces])
+    assert info.state == "ok" and info.chunk_count == len(pieces)
+    assert b"".join(store.iter_range(oid)) == data
+
+
+def test_a_manifest_with_a_short_chunk_before_its_last_is_refused(store: BlobStore, db: Database) -> None:
+    """What QA saw: public content uploaded as 327,680 chunks of 64 bytes made every holder's reads 40
+    times slower. No chunker of ours cuts a chunk shorter than MIN_SIZE except a file's last one."""
+    data = random_bytes(MIN_SIZE * 3, 42)
+    tiny = fixed_cut(data, 64)
+    store.put_chunks(tiny)
+    with pytest.raises(InvalidInput) as exc:
+        store.commit_manifest(sha256(data), len(data), [h for h, _ in tiny])
+    assert exc.value.code == "invalid_manifest" and "64 bytes" in exc.value.message
+    assert objects(db) == 0
+    fine = fixed_cut(data, MIN_SIZE + 100)  # two chunks of at least MIN_SIZE, and a short last one
+    store.put_chunks(fine)
+    assert store.commit_manifest(sha256(data), len(data), [h for h, _ in fine]).chunk_count == 3
+
+
+def test_a_manifest_of_short_chunks_stored_before_is_replaced_by_a_fresh_upload(
+    store: BlobStore, db: Database
+) -> None:
+    data = random_bytes(500_000, 43)
+    tiny = fixed_cut(data, 64)
+    store.put_chunks(tiny)
+    with store.content_reader(sha256(data), len(data), min_chunk=0) as reader:  # as servers took them
+        reader.feed([bytes.fromhex(h) for h, _ in tiny])
+        assert store.commit_read(reader, len(data)).chunk_count == len(tiny)
+    info = store.put(io.BytesIO(data))
+    assert 0 < info.chunk_count < 20 and b"".join(store.iter_range(info.oid)) == data
 
 
 def test_packs_roll_over_at_their_size_limit(make_store: Callable[..., BlobStore]) -> None:

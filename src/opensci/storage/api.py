@@ -21,13 +21,24 @@ A client cuts a file into content-defined chunks exactly as the blob store does 
 
 The file is then committed as a Git LFS pointer with the `lfs` field of `POST /repos/{o}/{n}/commits`.
 An interrupted upload resumes by asking step 1 again: only the chunks still missing are sent.
+
+A slow or stalled client pins no memory for long: a process receives at most MAX_RECEIVING_BYTES of
+batches at once (the others wait their turn, holding only their connection), each batch must arrive
+within BATCH_GRACE seconds plus the time its length takes at MIN_BATCH_RATE, and a manifest stream may
+pause at most MANIFEST_STALL seconds between parts (at most MAX_MANIFEST_STREAMS at once); past a
+deadline the reply is 408 `upload_timeout` and nothing of the request is kept.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import struct
 import threading
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -44,7 +55,7 @@ from opensci.repos import service
 from opensci.repos.models import Repository
 from opensci.settings import Settings
 from opensci.storage import files, quota
-from opensci.storage.errors import MissingChunks
+from opensci.storage.errors import MissingChunks, UploadTimeout
 from opensci.storage.index import check_oid, chunk_digest
 from opensci.storage.packs import MAX_CHUNK
 from opensci.storage.readback import ContentReader
@@ -56,6 +67,13 @@ MAX_HASHES = 100_000  # chunk hashes per `missing` question
 MAX_BATCH_BYTES = 64 * 1024 * 1024  # body of one chunk batch
 MAX_MANIFEST_CHUNKS = 1_000_000  # chunks of one object (64 GiB at the average chunk size)
 FRAME = struct.Struct(">32sI")  # a chunk's frame header: its name, length of the bytes that follow
+MAX_RECEIVING_BYTES = 4 * MAX_BATCH_BYTES  # batches received at once, per process (~16 SDK batches)
+BATCH_GRACE = 60.0  # seconds any batch may take to arrive, on top of what its length needs …
+MIN_BATCH_RATE = 256 * 1024  # … at this many bytes a second
+MANIFEST_STALL = 600.0  # seconds a manifest stream may pause (the SDK sends a part per ~64 MiB of chunks)
+MAX_MANIFEST_STREAMS = 64  # manifest streams at once, per process
+KEEP_BUFFER_BYTES = 16 * 1024 * 1024 + 64 * 1024  # idle receive buffers kept: up to an SDK batch's body
+BUFFER_STEP = 64 * 1024  # receive buffers are sized in multiples of this, to be reused more often
 
 _UPLOADS = "/repos/{owner}/{name}/uploads"
 
@@ -132,26 +150,100 @@ def parse_frames(body: bytes | memoryview) -> list[tuple[bytes, memoryview]]:
     return out
 
 
+@dataclass(eq=False)
+class _Waiter:
+    amount: int
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[None]
+
+
+def _grant(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class _Admission:
+    """Room for requests in flight in this process (bytes of chunk batches being received, manifest
+    streams): a request waits its turn (first come, first served) before its body is read, so a waiting
+    request holds only its connection. Shared by every event loop of the process (a test client runs
+    one per request): waiters are woken on their own loop."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self._waiting: deque[_Waiter] = deque()
+        self._lock = threading.Lock()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, amount: int) -> AsyncIterator[None]:
+        """Hold `amount` of the room (at most all of it) while the block runs; wait for it first."""
+        amount = min(max(amount, 1), self.capacity)
+        await self._acquire(amount)
+        try:
+            yield
+        finally:
+            self._release(amount)
+
+    async def _acquire(self, amount: int) -> None:
+        with self._lock:
+            if not self._waiting and self.used + amount <= self.capacity:
+                self.used += amount
+                return
+            loop = asyncio.get_running_loop()
+            waiter = _Waiter(amount, loop, loop.create_future())
+            self._waiting.append(waiter)
+        try:
+            await waiter.future
+        except BaseException:  # cancelled: give back the room if it was granted meanwhile
+            with self._lock:
+                granted = waiter not in self._waiting
+                if not granted:
+                    self._waiting.remove(waiter)
+            self._release(amount if granted else 0)
+            raise
+
+    def _release(self, amount: int) -> None:
+        with self._lock:
+            self.used -= amount
+            woken: list[_Waiter] = []
+            while self._waiting and self.used + self._waiting[0].amount <= self.capacity:
+                waiter = self._waiting.popleft()
+                self.used += waiter.amount
+                woken.append(waiter)
+        for waiter in woken:
+            try:
+                waiter.loop.call_soon_threadsafe(_grant, waiter.future)
+            except RuntimeError:  # its loop is closed: nobody waits any more
+                self._release(waiter.amount)
+
+
+_receiving = _Admission(MAX_RECEIVING_BYTES)
+_streams = _Admission(MAX_MANIFEST_STREAMS)
+
+
 class _Buffers:
     """Receive buffers of chunk batches, reused from batch to batch (a fresh 16 MiB buffer costs 4,096
     page faults on first touch, and joining the received parts a second copy). A buffer comes back once
-    the blob store no longer keeps its chunks in memory for the manifest (see `storage.recent`)."""
+    the blob store no longer keeps its chunks in memory for the manifest (see `storage.recent`). Only
+    buffers up to `max_bytes` (an SDK batch) are kept idle: at most keep x max_bytes, ~128 MiB."""
 
-    def __init__(self, keep: int = 8) -> None:  # batches of 16 MiB: one SDK upload's worth
-        self.keep = keep
+    def __init__(self, keep: int = 8, max_bytes: int = KEEP_BUFFER_BYTES) -> None:
+        self.keep = keep  # batches of 16 MiB: one SDK upload's worth
+        self.max_bytes = max_bytes
         self._idle: list[bytearray] = []
         self._lock = threading.Lock()
 
     def take(self, n: int) -> bytearray:
+        """A buffer of at least `n` bytes: the smallest idle one that fits, else a new one."""
         with self._lock:
-            for i, buffer in enumerate(self._idle):
-                if len(buffer) >= n:
-                    return self._idle.pop(i)
-        return bytearray(n)
+            fits = [(len(b), i) for i, b in enumerate(self._idle) if len(b) >= n]
+            if fits:
+                return self._idle.pop(min(fits)[1])
+        return bytearray(-(-n // BUFFER_STEP) * BUFFER_STEP)
 
     def give(self, buffer: bytearray) -> None:
         with self._lock:
-            if len(self._idle) < self.keep:
+            if len(self._idle) < self.keep and len(buffer) <= self.max_bytes:
                 self._idle.append(buffer)
 
 
@@ -160,6 +252,11 @@ _buffers = _Buffers()
 
 def _too_large() -> PayloadTooLarge:
     return PayloadTooLarge(f"a chunk batch holds at most {MAX_BATCH_BYTES} bytes; send smaller batches")
+
+
+def batch_deadline(length: int) -> float:
+    """Seconds a batch of `length` bytes may take to arrive."""
+    return BATCH_GRACE + length / MIN_BATCH_RATE
 
 
 async def _read_batch(request: Request, buffer: bytearray | None, length: int) -> memoryview:
@@ -198,32 +295,45 @@ async def put_chunks(
 ) -> ChunksStored | Response:
     """Store a batch of chunks, framed as `[BLAKE3 (32 bytes)][length (4 bytes, big-endian)][bytes]`,
     repeated. Every chunk is checked against its hash first: one wrong chunk (422 `digest_mismatch`) or
-    a truncated frame (422 `truncated_batch`) stores nothing of the batch."""
+    a truncated frame (422 `truncated_batch`) stores nothing of the batch. A batch that takes longer to
+    arrive than `BATCH_GRACE` seconds plus its length at `MIN_BATCH_RATE` is refused (408
+    `upload_timeout`), and so is one named by sha256 as older SDKs did (422 `outdated_client`)."""
     await run_in_threadpool(_writable, actor, session, owner, name)
     session.close()
     declared = request.headers.get("content-length")
     length = int(declared) if declared is not None and declared.isdigit() else None
     if length is not None and length > MAX_BATCH_BYTES:
         raise _too_large()
-    buffer = _buffers.take(length) if length else None
-    handed = False  # to the blob store, which gives the buffer back when it is done with its chunks
-    try:
-        chunks = parse_frames(await _read_batch(request, buffer, length or 0))
-        if not chunks:
-            raise InvalidInput("the batch holds no chunks", code="empty_batch")
-        received = len(chunks)
-        release = None if buffer is None else functools.partial(_buffers.give, buffer)
-        handed = release is not None
-        held = len(buffer) if buffer is not None else 0
-        stored = await run_in_threadpool(
-            functools.partial(blobs.put_chunks, chunks, release=release, held=held)
-        )
-        del chunks
-    except ClientDisconnect:  # the client gave up before the batch was whole: nothing was stored
-        return Response(status_code=400)
-    finally:
-        if buffer is not None and not handed:
-            _buffers.give(buffer)
+    expected = MAX_BATCH_BYTES if length is None else length
+    async with _receiving.hold(expected):  # the batch's turn: until then, its body is not read
+        buffer = _buffers.take(length) if length else None
+        handed = False  # to the blob store, which gives the buffer back when it is done with its chunks
+        try:
+            try:
+                async with asyncio.timeout(batch_deadline(expected)):
+                    body = await _read_batch(request, buffer, length or 0)
+            except TimeoutError:
+                raise UploadTimeout(
+                    f"the batch of {expected} bytes did not arrive within {batch_deadline(expected):.0f} "
+                    f"seconds ({BATCH_GRACE:.0f} plus {MIN_BATCH_RATE // 1024} KiB a second); nothing "
+                    "was stored: send it again"
+                ) from None
+            chunks = parse_frames(body)
+            if not chunks:
+                raise InvalidInput("the batch holds no chunks", code="empty_batch")
+            received = len(chunks)
+            release = None if buffer is None else functools.partial(_buffers.give, buffer)
+            handed = release is not None
+            held = len(buffer) if buffer is not None else 0
+            stored = await run_in_threadpool(
+                functools.partial(blobs.put_chunks, chunks, release=release, held=held)
+            )
+            del chunks, body
+        except ClientDisconnect:  # the client gave up before the batch was whole: nothing was stored
+            return Response(status_code=400)
+        finally:
+            if buffer is not None and not handed:
+                _buffers.give(buffer)
     return ChunksStored(received=received, stored=stored)
 
 
@@ -335,7 +445,9 @@ async def stream_manifest(
     body is the chunks' names (32 raw bytes each), in file order, each sent once its chunk is stored.
     The server reads and hashes the file's content as the manifest arrives, so nothing is left to read
     when it ends; it answers with the file's sha256 (checked against `oid` when given) and records that
-    the repository holds it, within its owner's quota (413 `quota_exceeded`)."""
+    the repository holds it, within its owner's quota (413 `quota_exceeded`). A manifest naming more
+    bytes than `size` is refused before they are read (422 `size_mismatch`); a stream that pauses for
+    more than `MANIFEST_STALL` seconds, 408 `upload_timeout`."""
     await run_in_threadpool(_writable, actor, session, owner, name)
     session.close()  # the stream lasts as long as the upload: hold no connection meanwhile
     expected = check_oid(oid) if oid is not None else None
@@ -344,11 +456,40 @@ async def stream_manifest(
             f"a file of {size} bytes is larger than this server accepts ({settings.max_upload_bytes} "
             "bytes, OPENSCI_MAX_UPLOAD_BYTES)"
         )
-    reader = blobs.content_reader(expected or "")
+    async with _streams.hold(1):
+        return await _read_manifest(request, session, settings, blobs, actor, (owner, name), size, expected)
+
+
+async def _next_part(parts: AsyncIterator[bytes]) -> bytes | None:
+    """The next part of a streamed body; None at its end; UploadTimeout after MANIFEST_STALL seconds."""
+    try:
+        async with asyncio.timeout(MANIFEST_STALL):
+            return await anext(parts)
+    except StopAsyncIteration:
+        return None
+    except TimeoutError:
+        raise UploadTimeout(
+            f"the manifest stream paused for more than {MANIFEST_STALL:.0f} seconds; nothing was stored: "
+            "upload the file again (only the chunks still missing are sent)"
+        ) from None
+
+
+async def _read_manifest(
+    request: Request,
+    session: Session,
+    settings: Settings,
+    blobs: BlobStore,
+    actor: Actor,
+    where: tuple[str, str],
+    size: int,
+    expected: str | None,
+) -> ObjectOut | Response:
+    reader = blobs.content_reader(expected or "", size)
+    parts = request.stream()
     try:
         pending = bytearray()
         count = 0
-        async for part in request.stream():
+        while (part := await _next_part(parts)) is not None:
             pending += part
             whole = len(pending) - len(pending) % 32
             if not whole:
@@ -366,7 +507,7 @@ async def stream_manifest(
         if pending:
             raise InvalidInput("the manifest ends inside a chunk hash (32 bytes)", code="invalid_manifest")
         return await run_in_threadpool(
-            _commit_streamed, session, settings, blobs, actor, (owner, name), reader, size, expected
+            _commit_streamed, session, settings, blobs, actor, where, reader, size, expected
         )
     except MissingChunks as exc:
         return _missing_reply(exc)
@@ -374,3 +515,4 @@ async def stream_manifest(
         return Response(status_code=400)
     finally:
         reader.close()
+        await parts.aclose()

@@ -11,6 +11,12 @@ class DigestMismatch(InvalidInput):
     code = "digest_mismatch"
 
 
+class UploadTimeout(OpenSciError):
+    """A request body stalled past its deadline; nothing of it was stored."""
+
+    status, code = 408, "upload_timeout"
+
+
 class MissingChunks(InvalidInput):
     """A manifest names chunks the store does not hold; send them (`missing` lists their hashes)."""
 

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from opensci.errors import InvalidInput
+from opensci.storage.chunking import MIN_SIZE
 from opensci.storage.models import ObjectState, StorageChunk, StorageObject, StoragePack
 
 ENTRY = struct.Struct(">32sI")  # one manifest entry: chunk digest, chunk length
@@ -201,9 +202,39 @@ def present_chunks(session: Session, digests: Sequence[bytes]) -> set[bytes]:
     return {bytes(r[0]) for r in _select(session, "digest", "damaged = false AND", digests, BATCH)}
 
 
+def short_chunk(manifest: bytes) -> bool:
+    """Whether a manifest names a chunk shorter than the chunker's MIN_SIZE before its last one: no file
+    our chunker cuts does (see `readback`)."""
+    return any(n < MIN_SIZE for _, n in ENTRY.iter_unpack(manifest[: -ENTRY.size]))
+
+
+def keep_object(session: Session, oid: str, now: datetime) -> bool:
+    """Touch the stored object `oid` and every chunk of its manifest, if it is healthy: not damaged,
+    every chunk present and healthy, and cut as our chunker cuts. False (nothing kept) when it is absent
+    or not healthy, for the caller to store its own manifest instead, which repairs it.
+
+    So an upload of content already stored never replaces the manifest that every holder of the object
+    reads (another user's upload of the same content, cut into tiny chunks, would make it slower for all)."""
+    row = session.execute(
+        select(StorageObject.state, StorageObject.manifest).where(StorageObject.oid == oid)
+    ).one_or_none()
+    if row is None or row.state != ObjectState.ok or short_chunk(row.manifest):
+        return False
+    digests = set(manifest_digests(row.manifest))
+    if len(touch_chunks(session, list(digests), now)) != len(digests):
+        return False
+    result = session.execute(
+        update(StorageObject)
+        .where(StorageObject.oid == oid, StorageObject.state == ObjectState.ok)
+        .values(touched_at=now)
+    )
+    return bool(result.rowcount)
+
+
 def upsert_object(session: Session, oid: str, size: int, manifest: bytes, now: datetime) -> None:
-    """Make an object visible (or touch it, or repair a damaged one). The caller has made sure that every
-    chunk of `manifest` is durable, indexed and healthy, in this same transaction."""
+    """Make an object visible with this manifest (or repair a damaged one: replacing what is there; see
+    `keep_object` for an object already stored healthy). The caller has made sure that every chunk of
+    `manifest` is durable, indexed and healthy, in this same transaction."""
     stmt = _insert(session, StorageObject).values(
         oid=oid,
         size=size,

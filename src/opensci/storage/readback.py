@@ -7,6 +7,14 @@ and never again, so it reads around the page cache where the filesystem allows i
 thread while the other is hashed, with no copy and no cache pages to allocate. Every chunk is checked
 against its record header and its xxh3-64 (its name when the index has no xxh3), as BlobReader does;
 damage quarantines the chunk and raises ObjectDamaged, never a wrong verdict about the client's oid.
+
+A client's manifest is checked before its bytes are read: the lengths of its chunks are known (from the
+index, or from memory), so a manifest that makes more bytes than the announced size is refused as soon as
+its running total passes that size (`size_mismatch`), and one that names a chunk shorter than the
+chunker's MIN_SIZE before its last chunk (no file our chunker cuts has one: such a manifest only makes
+the object slower to read for everyone who holds it) is refused as `invalid_manifest`. Between feeds a
+reader holds no buffer, only the manifest so far and the running hash: a client streaming its manifest
+may pause for minutes between parts.
 """
 
 from __future__ import annotations
@@ -20,8 +28,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from opensci.storage.errors import ObjectDamaged
-from opensci.storage.index import Location
+from opensci.errors import InvalidInput
+from opensci.storage.chunking import MIN_SIZE
+from opensci.storage.errors import DigestMismatch, ObjectDamaged
+from opensci.storage.index import ENTRY, Location
 from opensci.storage.packs import ALIGN, HEADER, check_chunk, open_direct, pack_path
 from opensci.storage.reader import _executor
 
@@ -125,12 +135,17 @@ class ContentReader:
     chunk arrives. Chunks the store lacks (or holds damaged) are collected in `missing`; nothing is
     hashed after the first of them. Not shared between threads; close it (or use `with`)."""
 
-    def __init__(self, store: BlobStore, oid: str = "") -> None:
+    def __init__(
+        self, store: BlobStore, oid: str = "", size: int | None = None, *, min_chunk: int = MIN_SIZE
+    ) -> None:
         self.store = store
         self.oid = oid  # the object being checked, when known: marked damaged with a damaged chunk
+        self.limit = size  # the announced size, when known: a manifest making more is refused early
+        self.min_chunk = min_chunk  # the shortest chunk allowed before the last one
         self.size = 0
-        self.entries: list[tuple[bytes, int]] = []  # the manifest so far: (chunk name, length)
         self.missing: dict[bytes, None] = {}
+        self._manifest = bytearray()  # the manifest so far, encoded (ENTRY per chunk)
+        self._short: tuple[bytes, int] | None = None  # the last chunk, if shorter than MIN_SIZE
         self._whole = hashlib.sha256()
         self._packs = _Packs(store)
         self._buffers: list[mmap.mmap] = []
@@ -145,10 +160,23 @@ class ContentReader:
     def hexdigest(self) -> str:
         return self._whole.hexdigest()
 
+    @property
+    def manifest(self) -> bytes:
+        """The manifest fed so far, encoded as the index stores it."""
+        return bytes(self._manifest)
+
     def feed(self, digests: Sequence[bytes], locations: dict[bytes, Location] | None = None) -> None:
         """The next chunks of the manifest (located here unless `locations` is given). ObjectDamaged
-        for a chunk that fails its check. Chunks still in memory from their upload moments ago (see
-        `recent`) are hashed from there; the others are read from the packs."""
+        for a chunk that fails its check; DigestMismatch (`size_mismatch`) once the chunks make more
+        than the announced size, InvalidInput for a short chunk before the last, both before their
+        bytes are read. Chunks still in memory from their upload moments ago (see `recent`) are hashed
+        from there; the others are read from the packs. The buffers are freed before this returns."""
+        try:
+            self._feed(digests, locations)
+        finally:
+            self._free()
+
+    def _feed(self, digests: Sequence[bytes], locations: dict[bytes, Location] | None) -> None:
         if locations is not None or self.missing:
             self._feed_packs(digests, locations)
             return
@@ -164,6 +192,37 @@ class ContentReader:
             if self.missing:  # nothing more is hashed; the rest is looked at for what else is missing
                 self._feed_packs(digests)
                 return
+
+    def _check_next(self, size: int, short: tuple[bytes, int] | None, digest: bytes, n: int) -> int:
+        """Refuse the manifest if chunk `digest` of `n` bytes may not follow (a short chunk before it, or
+        more bytes than announced); the size with it."""
+        if short is not None:
+            raise InvalidInput(
+                f"the manifest names chunk {short[0].hex()} of {short[1]} bytes before its last chunk: "
+                f"only a file's last chunk may be shorter than {self.min_chunk} bytes (cut files with "
+                "FastCDC, min 16 / avg 64 / max 256 KiB, as the opensci SDK does); nothing was stored",
+                code="invalid_manifest",
+            )
+        size += n
+        if self.limit is not None and size > self.limit:
+            raise DigestMismatch(
+                f"the chunks add up to more than the announced {self.limit} bytes; nothing was stored",
+                code="size_mismatch",
+            )
+        return size
+
+    def _precheck(self, digests: Sequence[bytes], locations: dict[bytes, Location]) -> None:
+        """`_check_next` for each chunk, before any is read."""
+        size, short = self.size, self._short
+        for d in digests:
+            n = locations[d].length
+            size = self._check_next(size, short, d, n)
+            short = (d, n) if n < self.min_chunk else None
+
+    def _append(self, digest: bytes, n: int) -> None:
+        self.size = self._check_next(self.size, self._short, digest, n)
+        self._manifest += ENTRY.pack(digest, n)
+        self._short = (digest, n) if n < self.min_chunk else None
 
     def _from_memory(self, digests: Sequence[bytes]) -> int:
         """Hash the leading chunks of `digests` that are in memory; returns how many."""
@@ -181,8 +240,7 @@ class ContentReader:
                     n = recent.take(d, view)
                 if n is None:
                     break
-                self.entries.append((d, n))
-                self.size += n
+                self._append(d, n)
                 at += n
                 done += 1
             if at:
@@ -203,6 +261,7 @@ class ContentReader:
                     self.missing[d] = None
             if self.missing:
                 return
+            self._precheck(digests, locations)
             try:
                 self._hash(digests, locations)
                 return
@@ -281,16 +340,20 @@ class ContentReader:
                     )
                 joined[at_joined : at_joined + loc.length] = body
                 at_joined += loc.length
-                self.entries.append((digest, loc.length))
-                self.size += loc.length
+                self._append(digest, loc.length)
             self._whole.update(joined[:at_joined])
         finally:
             joined.release()
             data.release()
 
-    def close(self) -> None:
+    def _free(self) -> None:
+        """Let go of the read buffers and pack files between feeds (a stream may pause for minutes)."""
         self._packs.close()
         for buffer in self._buffers:
             with contextlib.suppress(BufferError):  # a view in a traceback still uses it: freed later
                 buffer.close()
         self._buffers = []
+        self._joined = None
+
+    def close(self) -> None:
+        self._free()

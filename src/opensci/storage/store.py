@@ -3,7 +3,9 @@
 Writing: bytes are cut into chunks; chunks the index lacks are appended to a pack of this writer's
 own; the pack is fsynced; then one transaction indexes the chunks. The object's row (its manifest)
 commits last, after the whole content's sha256 and size were checked, in a transaction that also
-re-checks every chunk it lists. So an object is either entirely durable and readable, or invisible;
+re-checks every chunk it lists (an object already stored healthy keeps the manifest it has: uploading
+the same content again, however it is cut, only touches it). So an object is either entirely durable
+and readable, or invisible;
 a crash at any point leaves at most dead bytes in a pack and unreferenced chunks in the index, which
 garbage collection removes after the grace period.
 
@@ -31,7 +33,7 @@ from opensci.db.base import utcnow
 from opensci.errors import InvalidInput, OpenSciError
 from opensci.settings import Settings
 from opensci.storage import index
-from opensci.storage.chunking import Chunk, ChunkedStream, chunk_id
+from opensci.storage.chunking import MIN_SIZE, Chunk, ChunkedStream, chunk_id
 from opensci.storage.errors import ChunksGone, DigestMismatch, MissingChunks, ObjectDamaged, ObjectNotFound
 from opensci.storage.index import ENTRY, check_oid, chunk_digest, encode_manifest
 from opensci.storage.models import ObjectState, StorageChunk, StorageObject, StoragePack
@@ -295,7 +297,12 @@ class BlobStore:
         return self.stat(oid)
 
     def _commit_object(self, session: Session, now: datetime, oid: str, size: int, manifest: bytes) -> None:
-        """In the caller's transaction: re-check (and touch) every chunk, then make the object visible."""
+        """In the caller's transaction: keep the object if it is already stored healthy (its manifest
+        stays, whoever uploads the same content again, however cut: see `index.keep_object`); else
+        re-check (and touch) every chunk of `manifest`, then make the object visible with it (which also
+        repairs a damaged object, or one with chunks missing)."""
+        if index.keep_object(session, oid, now):
+            return
         digests = set(index.manifest_digests(manifest))
         present = index.touch_chunks(session, list(digests), now)
         if len(present) != len(digests):
@@ -395,14 +402,17 @@ class BlobStore:
             raise DigestMismatch(
                 f"the chunks add up to {total} bytes, not the announced {size}", code="size_mismatch"
             )
-        with self.content_reader(oid) as reader:
+        with self.content_reader(oid, size) as reader:
             reader.feed(digests)  # chunks still in memory from their upload are hashed from there
             return self.commit_read(reader, size, oid)
 
-    def content_reader(self, oid: str = "") -> ContentReader:
+    def content_reader(
+        self, oid: str = "", size: int | None = None, *, min_chunk: int = MIN_SIZE
+    ) -> ContentReader:
         """A reader that checks and hashes the content of chunks fed to it in order (a streamed manifest:
-        see `commit_read`)."""
-        return ContentReader(self, oid)
+        see `commit_read`); with `size`, the announced size, it refuses chunks that make more. It refuses
+        chunks shorter than `min_chunk` before the last one (see `readback`)."""
+        return ContentReader(self, oid, size, min_chunk=min_chunk)
 
     def commit_read(self, reader: ContentReader, size: int, expected_oid: str | None = None) -> ObjectInfo:
         """Make an object of the chunks a ContentReader was fed: its oid is the sha256 the reader
@@ -420,7 +430,7 @@ class BlobStore:
         oid = reader.hexdigest()
         if expected_oid is not None and oid != expected_oid:
             raise DigestMismatch(f"the chunks' content has the sha256 {oid}, not {expected_oid}")
-        manifest = encode_manifest(reader.entries)
+        manifest = reader.manifest
         try:
             self._transaction(lambda session: self._commit_object(session, utcnow(), oid, size, manifest))
         except ChunksGone as exc:  # chunks collected or quarantined since they were read: send them again
