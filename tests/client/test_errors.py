@@ -3,6 +3,8 @@ hint naming the next step."""
 
 from __future__ import annotations
 
+import hashlib
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,3 +134,19 @@ def test_an_unreachable_server_is_a_connection_failure_naming_the_url() -> None:
         c.whoami()
     assert url in err.value.message and url in err.value.hint
     assert err.value.status == 0
+
+
+def test_an_outdated_sdk_is_told_to_upgrade(sdk: Client) -> None:
+    """Chunks named by sha256 (SDKs before BLAKE3 names): the hint is to upgrade, not to send again."""
+    sdk.create_repo("old-sdk", kind="dataset")
+    data = b"chunk bytes " * 2000
+    body = struct.pack(">32sI", hashlib.sha256(data).digest(), len(data)) + data
+    with pytest.raises(ValidationError) as err:
+        sdk.request(
+            "POST",
+            sdk.api_path("alice/old-sdk", "uploads", "chunks"),
+            content=body,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+    assert (err.value.status, err.value.code) == (422, "outdated_client")
+    assert "pip install -U opensci" in err.value.hint and "upload again" not in err.value.hint

@@ -217,6 +217,16 @@ def test_a_chunk_whose_bytes_do_not_match_its_hash_stores_nothing_of_the_batch(
     assert pack_bytes(app) == 0
 
 
+def test_chunks_named_by_sha256_ask_for_a_newer_sdk(app: FastAPI, up: Uploader) -> None:
+    """An SDK from before BLAKE3 chunk names: told to upgrade, not to send the same bytes again."""
+    chunks = cut(random_bytes(300_000, 5))
+    old = [(hashlib.sha256(b).hexdigest(), b) for _, b in chunks]
+    r = up.send(frames(old))
+    assert error_code(r, 422) == "outdated_client"
+    assert "pip install -U opensci" in r.json()["message"]
+    assert pack_bytes(app) == 0
+
+
 def test_another_user_cannot_recut_an_object_others_hold(
     app: FastAPI, client: TestClient, alice: Account, bob: Account, up: Uploader
 ) -> None:

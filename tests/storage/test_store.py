@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import threading
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from sqlalchemy import delete, func, select, update
 from opensci.db import Database
 from opensci.errors import InvalidInput
 from opensci.storage.chunking import MAX_SIZE, MIN_SIZE, new_chunker
-from opensci.storage.errors import DigestMismatch, MissingChunks, ObjectNotFound
+from opensci.storage.errors import DigestMismatch, MissingChunks, ObjectNotFound, OutdatedClient
 from opensci.storage.maintenance import stats, verify
 from opensci.storage.models import ObjectState, StorageChunk, StorageObject
 from opensci.storage.store import BlobStore
@@ -343,6 +344,19 @@ def test_a_manifest_of_short_chunks_stored_before_is_replaced_by_a_fresh_upload(
         assert store.commit_read(reader, len(data)).chunk_count == len(tiny)
     info = store.put(io.BytesIO(data))
     assert 0 < info.chunk_count < 20 and b"".join(store.iter_range(info.oid)) == data
+
+
+def test_a_chunk_named_by_its_sha256_asks_for_a_newer_sdk(store: BlobStore, db: Database) -> None:
+    """SDKs before BLAKE3 chunk names send sha256 names: sending again never helps, upgrading does."""
+    data = random_bytes(50_000, 44)
+    with pytest.raises(OutdatedClient) as exc:
+        store.put_chunk(hashlib.sha256(data).digest(), data)
+    assert exc.value.code == "outdated_client" and exc.value.status == 422
+    assert "pip install -U opensci" in exc.value.message
+    with pytest.raises(DigestMismatch) as other:  # neither name: the bytes changed on the way
+        store.put_chunk(chunk_name(data), data[1:])
+    assert other.value.code == "digest_mismatch"
+    assert chunks(db) == 0
 
 
 def test_packs_roll_over_at_their_size_limit(make_store: Callable[..., BlobStore]) -> None:

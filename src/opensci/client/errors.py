@@ -162,6 +162,7 @@ _HINTS = {
     ),
     "lfs_object_missing": "upload the file's content to this repository before committing a pointer to it",
     "digest_mismatch": "the bytes changed while they were sent (or were damaged): upload again",
+    "outdated_client": "this SDK is too old for the server: upgrade it with `pip install -U opensci`",
     "job_not_found": (
         "check the job id (`opensci job list`); a job is not found unless you may read its code, "
         "inputs and output"

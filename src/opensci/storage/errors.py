@@ -17,6 +17,13 @@ class UploadTimeout(OpenSciError):
     status, code = 408, "upload_timeout"
 
 
+class OutdatedClient(DigestMismatch):
+    """Chunks named by their sha256, as SDKs before BLAKE3 chunk names sent them: the client must be
+    upgraded (sending again never helps)."""
+
+    code = "outdated_client"
+
+
 class MissingChunks(InvalidInput):
     """A manifest names chunks the store does not hold; send them (`missing` lists their hashes)."""
 

@@ -15,6 +15,7 @@ a manifest streamed during the upload, a `content_reader` fed as it arrives → 
 
 from __future__ import annotations
 
+import hashlib
 import random
 import threading
 import time
@@ -34,7 +35,14 @@ from opensci.errors import InvalidInput, OpenSciError
 from opensci.settings import Settings
 from opensci.storage import index
 from opensci.storage.chunking import MIN_SIZE, Chunk, ChunkedStream, chunk_id
-from opensci.storage.errors import ChunksGone, DigestMismatch, MissingChunks, ObjectDamaged, ObjectNotFound
+from opensci.storage.errors import (
+    ChunksGone,
+    DigestMismatch,
+    MissingChunks,
+    ObjectDamaged,
+    ObjectNotFound,
+    OutdatedClient,
+)
 from opensci.storage.index import ENTRY, check_oid, chunk_digest, encode_manifest
 from opensci.storage.models import ObjectState, StorageChunk, StorageObject, StoragePack
 from opensci.storage.packs import MAX_CHUNK, PackWriter
@@ -360,10 +368,15 @@ class BlobStore:
                 )
             actual = chunk_id(view)
             if actual != digest:
+                if hashlib.sha256(view).digest() == digest:
+                    raise OutdatedClient(
+                        f"chunk {digest.hex()} is named by the sha256 of its bytes, as SDKs before BLAKE3 "
+                        "chunk names sent them; this server names chunks by their BLAKE3: upgrade the "
+                        "opensci package (pip install -U opensci) and upload again. Nothing was stored"
+                    )
                 raise DigestMismatch(
-                    f"chunk {digest.hex()} has the BLAKE3 hash {actual.hex()}; nothing was stored (chunks "
-                    "are named by the BLAKE3 of their bytes: an SDK that names them by sha256 is too old "
-                    "for this server)"
+                    f"chunk {digest.hex()} has the BLAKE3 hash {actual.hex()}; nothing was stored (the "
+                    "bytes changed while they were sent, or were damaged)"
                 )
             checked[digest] = view
         if not checked:
