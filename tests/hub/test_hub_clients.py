@@ -37,3 +37,13 @@ def test_pagination(run_client: Run, alice: Account, monkeypatch: pytest.MonkeyP
     for size in ("LIST_PAGE_SIZE", "TREE_PAGE_SIZE", "TREE_EXPANDED_PAGE_SIZE", "COMMITS_PAGE_SIZE"):
         monkeypatch.setattr(hub_api, size, 2)
     run_client("pagination.py", alice.token)
+
+
+@pytest.mark.parametrize("xet", [True, False], ids=["hf_xet-installed", "HF_HUB_DISABLE_XET"])
+def test_datasets_push_to_hub_then_load_dataset(run_client: Run, alice: Account, xet: bool) -> None:
+    """push_to_hub deletes each Parquet shard once preuploaded: the server answers "lfs" for the paths
+    .gitattributes track when the client is the datasets library, so the shard is sent at once (over Git
+    LFS with HF_HUB_DISABLE_XET=1; with hf_xet, the client is told to set it)."""
+    proc = run_client("push_to_hub.py", alice.token, xet=xet, XET="1" if xet else "0")
+    if xet:
+        assert "set HF_HUB_DISABLE_XET=1 to push datasets (push_to_hub) to this server" in proc.stderr

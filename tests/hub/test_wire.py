@@ -140,6 +140,35 @@ def test_preupload_modes(client: TestClient, alice: Account, repo: str) -> None:
     assert "HF_HUB_DISABLE_XET=1" in r.headers["x-hf-warning"]
 
 
+def test_the_datasets_library_gets_lfs_for_paths_gitattributes_track(
+    client: TestClient, alice: Account, repo: str
+) -> None:
+    """datasets' push_to_hub deletes a Parquet shard right after its preupload, as the Hub answers "lfs"
+    for paths .gitattributes track: so does this server for that client. Others keep "regular" (a client
+    with hf_xet sends every "lfs" file over Xet)."""
+    files = [
+        {"path": "data/train-00000-of-00001.parquet", "size": 3000, "sample": ""},
+        {"path": "README.md", "size": 300, "sample": ""},
+        {"path": "empty.parquet", "size": 0, "sample": ""},
+    ]
+    agents = {
+        "datasets/5.2.0; hf_hub/2.4.0; python/3.11.7": ("lfs", "regular", "regular"),
+        "unknown/None; hf_hub/2.4.0; python/3.11.7; datasets/5.2.0": ("lfs", "regular", "regular"),
+        "unknown/None; hf_hub/2.4.0; python/3.11.7": ("regular", "regular", "regular"),
+        "mydatasets/1.0; hf_hub/2.4.0": ("regular", "regular", "regular"),
+    }
+    for agent, expected in agents.items():
+        r = client.post(
+            f"/api/models/{repo}/preupload/main",
+            json={"files": files},
+            headers={**alice.headers, "User-Agent": agent},
+        )
+        assert r.status_code == 200, r.text
+        assert tuple(f["uploadMode"] for f in r.json()["files"]) == expected, agent
+        if "lfs" in expected:
+            assert "push_to_hub" in r.headers["x-hf-warning"]
+
+
 def _feed(data: bytes, tmp: Path, step: int, spool_over: int = 300) -> list[dict]:
     reader = NdjsonReader(tmp, spool_over=spool_over)
     for i in range(0, len(data), step):

@@ -447,8 +447,13 @@ def _check_no_pr(request: Request) -> None:
         raise InvalidInput("pull requests are not supported by this server yet", code="unsupported")
 
 
-def _xet_advice(settings: Settings) -> str:
+def _xet_advice(settings: Settings, lfs_first: bool = False) -> str:
     limit = f"{settings.hub_regular_upload_max_bytes / 1_000_000:g}"
+    if lfs_first:  # the datasets library: Parquet shards go to LFS whatever their size
+        return (
+            "set HF_HUB_DISABLE_XET=1 to push datasets (push_to_hub) to this server, and to upload files "
+            f"larger than {limit} MB"
+        )
     return f"set HF_HUB_DISABLE_XET=1 to upload files larger than {limit} MB to this server"
 
 
@@ -475,6 +480,7 @@ def preupload(
     if not isinstance(entries, list):
         raise InvalidInput('give the files as a "files" list', code="invalid_preupload")
     ignore = payload.get("gitIgnore")
+    lfs_first = hub.lfs_first(request.headers.get("user-agent", ""))
     modes = hub.preupload(
         settings,
         g,
@@ -482,11 +488,12 @@ def preupload(
         entries,
         ignore if isinstance(ignore, str) else None,
         content_id=lambda view: files.content_git_id(session, blobs, repo, view),
+        lfs_by_attributes=lfs_first,
     )
     body = {"files": modes, "commitOid": str(commit.id) if commit is not None else None}
     if any(m["uploadMode"] == "lfs" for m in modes):
         # A client with hf_xet would now try Xet, which this server does not speak; the client logs this.
-        return JSONResponse(body, headers={"X-HF-Warning": f"xet; {_xet_advice(settings)}"})
+        return JSONResponse(body, headers={"X-HF-Warning": f"xet; {_xet_advice(settings, lfs_first)}"})
     return JSONResponse(body)
 
 

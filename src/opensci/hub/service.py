@@ -348,12 +348,18 @@ def preupload(
     entries: list[dict[str, Any]],
     git_ignore: str | None,
     content_id: Callable[[files.FileView], str | None] | None = None,
+    *,
+    lfs_by_attributes: bool = False,
 ) -> list[dict[str, Any]]:
     """The upload mode of each file: inline ("regular") up to `hub_regular_upload_max_bytes`, then Git LFS;
     whether `.gitignore` rules leave it out; and the id of what the revision holds there now, in the
     client's terms: the sha256 for a file it will send to LFS, the git blob id of the content for one it
     sends inline (also when the server keeps that content in the blob store: `content_id` computes it),
-    so that an unchanged file is recognized and not sent again."""
+    so that an unchanged file is recognized and not sent again.
+
+    With `lfs_by_attributes` (a client that relies on the Hub's rule, see `lfs_first`), a file that the
+    branch's `.gitattributes` send through Git LFS goes to LFS whatever its size, as on the Hub: it is
+    stored in the blob store either way."""
     ignore = pathspec.GitIgnoreSpec.from_lines(git_ignore.splitlines()) if git_ignore else None
     out = []
     for f in entries:
@@ -363,6 +369,8 @@ def preupload(
         if not isinstance(size, int) or size < 0:
             raise InvalidInput(f"{path!r}: size must be a number of bytes", code="invalid_preupload")
         mode = "regular" if size <= settings.hub_regular_upload_max_bytes else "lfs"
+        if mode == "regular" and lfs_by_attributes and size > 0:
+            mode = "lfs" if files.tracked_by_attributes(g, commit, path.strip("/")) else mode
         oid = None
         if commit is not None:
             try:
@@ -384,6 +392,17 @@ def preupload(
             }
         )
     return out
+
+
+def lfs_first(user_agent: str) -> bool:
+    """Whether the client relies on the Hub's rule that files its `.gitattributes` track go to Git LFS.
+
+    The `datasets` library does: `push_to_hub` writes each Parquet shard to a temporary file, calls
+    `preupload_lfs_files` (which uploads only "lfs" files) and deletes the file before the commit that
+    names it, so a shard answered "regular" (inline) is gone when the commit wants to read it. Other
+    clients get "regular" up to `hub_regular_upload_max_bytes` whatever the attributes, so that a client
+    with hf_xet, which sends every "lfs" file over Xet, works for them (see protocols/hf-hub.md, §7)."""
+    return any(part.strip().startswith("datasets/") for part in user_agent.split(";"))
 
 
 def _message(header: dict[str, Any]) -> str:
