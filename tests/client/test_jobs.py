@@ -206,7 +206,8 @@ def test_cancel_a_running_job_then_rerun_it_at_the_same_commit(
     assert again.rerun_of == job.id and again.id != job.id and again.status == "queued"
     assert again.code.commit == first and again.command == ["python", "run.py"]
     sdk.cancel_job(again.id)  # queued (cancelled at once) or just claimed (stopped in seconds)
-    assert sdk.wait_job(again.id, timeout=60, poll=0.2).status == "cancelled"
+    ended = sdk.wait_job(again.id, timeout=60, poll=0.2)
+    assert ended.status == "cancelled", (ended, sdk.job_logs(again.id).text)
 
 
 def test_errors_are_typed_with_hints_and_queue_nothing(

@@ -467,7 +467,7 @@ class Run:
         pass_fds = (report_w,) if REPORT_FD in self.spec["argv"] else ()
         if network is not None:
             prefix, pass_fds = network.argv(prefix), (*pass_fds, *network.fds)
-        argv = [*prefix, *self.spec["command"]]  # the placeholders are filled in the prefix only
+        argv = [*prefix, *self.spec.get("command", [])]  # the placeholders are filled in the prefix only
         try:
             self.proc = subprocess.Popen(
                 argv,
