@@ -4,8 +4,11 @@ its submitter's (values hidden from others, no rerun by others); and a cap on ea
 
 from __future__ import annotations
 
+import sys
 import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,6 +19,8 @@ from sqlalchemy import select, update
 
 from opensci.client.errors import TooManyRequestsError, error_from_response
 from opensci.compute import outputs, workspace
+from opensci.compute.executors.base import Launch, Observation, Resources
+from opensci.compute.executors.local import LocalExecutor
 from opensci.compute.models import Job
 from opensci.compute.scheduler import HOST, Scheduler
 from opensci.compute.service import HIDDEN
@@ -455,3 +460,54 @@ def test_the_sdk_maps_the_cap_to_a_typed_error_with_a_hint() -> None:
     assert isinstance(err, TooManyRequestsError)
     assert (err.status, err.code) == (429, "too_many_queued_jobs")
     assert "cancel" in err.hint
+
+
+# --- 6. a job that ends while it is being cancelled ---------------------------------------------------------
+
+
+def test_a_shim_that_has_just_ended_is_seen_ended_with_its_exit_code(tmp_path: Path) -> None:
+    """The CI flake: a shim that had just exited (a cancel's SIGTERM) was taken for one that never started,
+    because the thread waiting for it held the Popen's lock until it had stored the exit code. Polled the
+    moment it exits, it is `ended` with its code, every time."""
+    woken = threading.Event()
+    executor = LocalExecutor(on_exit=woken.set)
+    for attempt in range(20):
+        job_dir = tmp_path / str(attempt)
+        job_dir.mkdir()
+        launch = Launch(attempt, job_dir, [sys.executable, "-c", "raise SystemExit(3)"], Resources())
+        handle = executor.submit(launch)
+        deadline = time.monotonic() + 30
+        while (seen := executor.poll(handle, launch)).phase == "running":  # as often as it can
+            assert time.monotonic() < deadline
+        assert (seen.phase, seen.exit_code) == ("ended", 3), seen
+        assert woken.wait(30)  # and the scheduler is woken up
+        woken.clear()
+
+
+def test_a_job_lost_after_a_cancel_was_asked_ends_cancelled(app: FastAPI, alice: Account) -> None:
+    """Whatever became of a job that was to stop (its shim gone without a word), it ends `cancelled`, not
+    `failed`, and it is not queued again."""
+    scheduler: Scheduler = app.state.scheduler
+    [job_id] = enqueue(app, alice, 1, memory=GiB, status="running")
+    with app.state.db.session() as s:
+        s.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(claimed_by=scheduler.id, handle=f"{HOST}:1:1", attempts=1, cancel_requested=True)
+        )
+        s.commit()
+
+    class Vanished:
+        name = "local"
+
+        def poll(self, handle: str, launch: Launch) -> Observation:
+            return Observation("lost", detail="the job never started")
+
+        def cancel(self, handle: str, launch: Launch) -> None:
+            pass
+
+    scheduler._executors["local"] = Vanished()  # type: ignore[assignment]
+    scheduler._watch()
+    job = job_row(app, job_id)
+    assert (job.status, job.reason, job.phase) == ("cancelled", "cancelled", "done"), job.message
+    assert "the job never started" in job.message

@@ -153,7 +153,9 @@ class Scheduler:
                     self._retry_or_fail(s, job, out, "the scheduler preparing it stopped")
 
     def _retry_or_fail(self, s: Session, job: Job, out: IO[bytes], why: str) -> None:
-        if job.attempts < self.settings.compute_max_attempts and not job.cancel_requested:
+        if job.cancel_requested:  # whatever became of it, it was to stop: it has
+            self._end(s, job, out, JobStatus.cancelled, reason="cancelled", message=f"cancelled ({why})")
+        elif job.attempts < self.settings.compute_max_attempts:
             workspace.note(out, f"{why}; queued again (attempt {job.attempts + 1})")
             s.execute(
                 update(Job)

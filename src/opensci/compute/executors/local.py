@@ -68,7 +68,12 @@ class LocalExecutor:
         return f"{HOST}:{proc.pid}:{_start_time(proc.pid) or ''}"
 
     def _notify_when_done(self, proc: subprocess.Popen[bytes]) -> None:
-        proc.wait()
+        # Wait without reaping (WNOWAIT): `poll` reaps, and gets the exit code at its first look at the
+        # ended shim. (A thread blocked in `Popen.wait` would hold the Popen's lock, and `Popen.poll`
+        # answers None, "still running", from the shim's exit until that thread has stored the code:
+        # a shim that had just ended looked like one that never started.)
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
         if self.on_exit is not None:
             self.on_exit()
 
@@ -95,6 +100,8 @@ class LocalExecutor:
         alive = code is None and started and _start_time(pid) == started
         if alive:
             return Observation("running")
+        if code is None:  # it ended between our two looks
+            code = self._reap(pid)
         if launch.status_path.exists():  # it wrote its status between our two looks
             return Observation("ended")
         err = (launch.job_dir / "shim.err").read_text(errors="replace")[-2000:].strip()
