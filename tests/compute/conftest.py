@@ -9,7 +9,10 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import select
 
+from opensci.compute.models import Job
+from opensci.compute.scheduler import HOST, Scheduler
 from tests.api_helpers import API, committed, create_repo
 from tests.conftest import Account, LiveServer
 
@@ -91,3 +94,56 @@ def dataset(
 ) -> str | None:
     create_repo(http, who, name, kind="dataset", private=private)
     return committed(http, who, f"{who.name}/{name}", files) if files else None
+
+
+# --- the scheduler driven directly: one `_dispatch` with nothing started ------------------------------
+
+
+@pytest.fixture
+def dispatcher(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> Scheduler:
+    """The app's scheduler, not started; a dispatch claims jobs but starts nothing."""
+    scheduler: Scheduler = app.state.scheduler
+    monkeypatch.setattr(scheduler, "_start", lambda job_id: None)
+    return scheduler
+
+
+def enqueue(
+    app: FastAPI,
+    who: Account,
+    count: int,
+    *,
+    priority: int = 0,
+    cpus: int = 1,
+    memory: int = 2**20,
+    status: str = "queued",
+) -> list[int]:
+    """`count` jobs of `who` straight into the table (what a submission would leave there); running ones
+    run on this host for another scheduler."""
+    with app.state.db.session() as s:
+        jobs = [
+            Job(
+                submitter_id=who.user.id,
+                status=status,
+                phase="waiting" if status == "queued" else "executing",
+                priority=priority,
+                spec={},
+                resolved={},
+                executor="local",
+                cpus=cpus,
+                memory_bytes=memory,
+                time_limit=60,
+                host=HOST if status == "running" else None,
+                claimed_by="elsewhere" if status == "running" else None,
+                environment={},
+                usage={},
+            )
+            for _ in range(count)
+        ]
+        s.add_all(jobs)
+        s.commit()
+        return [j.id for j in jobs]
+
+
+def running_ids(app: FastAPI) -> set[int]:
+    with app.state.db.session() as s:
+        return set(s.scalars(select(Job.id).where(Job.status == "running")))

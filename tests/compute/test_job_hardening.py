@@ -25,7 +25,7 @@ from opensci.compute.models import Job
 from opensci.compute.scheduler import HOST, Scheduler
 from opensci.compute.service import HIDDEN
 from tests.api_helpers import API, create_repo, error_code
-from tests.compute.conftest import code_repo, dataset, finished, submit, wait
+from tests.compute.conftest import code_repo, dataset, enqueue, finished, running_ids, submit, wait
 from tests.conftest import Account
 
 GiB = 1024**3
@@ -263,47 +263,6 @@ def test_the_qa_repro_a_queued_job_never_publishes_an_input_made_private(
 
 
 # --- 3. the memory budget of the local executor -------------------------------------------------------------
-
-
-@pytest.fixture
-def dispatcher(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> Scheduler:
-    """The app's scheduler, not started; a dispatch claims jobs but starts nothing."""
-    scheduler = app.state.scheduler
-    monkeypatch.setattr(scheduler, "_start", lambda job_id: None)
-    return scheduler
-
-
-def enqueue(
-    app: FastAPI, who: Account, count: int, *, memory: int, cpus: int = 1, status: str = "queued"
-) -> list[int]:
-    with app.state.db.session() as s:
-        jobs = [
-            Job(
-                submitter_id=who.user.id,
-                status=status,
-                phase="waiting" if status == "queued" else "executing",
-                priority=0,
-                spec={},
-                resolved={},
-                executor="local",
-                cpus=cpus,
-                memory_bytes=memory,
-                time_limit=60,
-                host=HOST if status == "running" else None,
-                claimed_by="elsewhere" if status == "running" else None,
-                environment={},
-                usage={},
-            )
-            for _ in range(count)
-        ]
-        s.add_all(jobs)
-        s.commit()
-        return [j.id for j in jobs]
-
-
-def running_ids(app: FastAPI) -> set[int]:
-    with app.state.db.session() as s:
-        return set(s.scalars(select(Job.id).where(Job.status == "running")))
 
 
 def test_two_jobs_that_together_ask_more_memory_than_the_budget_run_one_at_a_time(

@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from opensci.compute.models import Job
 from opensci.compute.scheduler import HOST, Scheduler
 from tests.api_helpers import API, committed, create_repo
-from tests.compute.conftest import FINAL, code_repo, finished, logs, submit, wait
+from tests.compute.conftest import FINAL, code_repo, enqueue, finished, logs, running_ids, submit, wait
 from tests.conftest import Account
 
 NAP = """\
@@ -221,48 +221,6 @@ def test_logs_follow_live_over_server_sent_events(http: httpx.Client, alice: Acc
 
 
 # --- candidate selection, driven directly: one `_dispatch` with nothing started ------------------------
-
-
-@pytest.fixture
-def dispatcher(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> Scheduler:
-    """The app's scheduler, not started; a dispatch claims jobs but starts nothing."""
-    scheduler = app.state.scheduler
-    monkeypatch.setattr(scheduler, "_start", lambda job_id: None)
-    return scheduler
-
-
-def enqueue(
-    app: FastAPI, who: Account, count: int, *, priority: int = 0, cpus: int = 1, status: str = "queued"
-) -> list[int]:
-    """`count` jobs of `who` straight into the table (what a submission would leave there)."""
-    with app.state.db.session() as s:
-        jobs = [
-            Job(
-                submitter_id=who.user.id,
-                status=status,
-                phase="waiting" if status == "queued" else "executing",
-                priority=priority,
-                spec={},
-                resolved={},
-                executor="local",
-                cpus=cpus,
-                memory_bytes=2**20,
-                time_limit=60,
-                host=HOST if status == "running" else None,
-                claimed_by="elsewhere" if status == "running" else None,
-                environment={},
-                usage={},
-            )
-            for _ in range(count)
-        ]
-        s.add_all(jobs)
-        s.commit()
-        return [j.id for j in jobs]
-
-
-def running_ids(app: FastAPI) -> set[int]:
-    with app.state.db.session() as s:
-        return set(s.scalars(select(Job.id).where(Job.status == "running")))
 
 
 def test_a_long_queue_of_one_user_hides_no_other_users_job(
