@@ -149,6 +149,19 @@ def test_batches_wait_their_turn_holding_no_buffer(
     assert pools._idle == []  # buffers of 64 MiB are not kept idle
 
 
+def take_the_only_turn(
+    live_server: LiveServer, alice: Account, repo: str, monkeypatch: pytest.MonkeyPatch, *, grace: float
+) -> socket.socket:
+    """Room for one MiB of batches at once, taken by a batch that stalls: the next one waits its turn; the
+    stalled one gets 408 after `grace` seconds."""
+    monkeypatch.setattr(storage_api, "_receiving", storage_api._Admission(MiB))
+    monkeypatch.setattr(storage_api, "BATCH_GRACE", grace)
+    monkeypatch.setattr(storage_api, "MIN_BATCH_RATE", 1024 * MiB)
+    first = stalled(live_server, uploads(repo, "chunks"), alice, MiB, b"\0" * 100)
+    wait_for(lambda: storage_api._receiving.used == MiB)
+    return first
+
+
 def test_a_batch_that_waited_its_turn_is_stored(
     live_server: LiveServer,
     alice: Account,
@@ -156,11 +169,7 @@ def test_a_batch_that_waited_its_turn_is_stored(
     pools: CountingBuffers,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(storage_api, "_receiving", storage_api._Admission(MiB))
-    monkeypatch.setattr(storage_api, "BATCH_GRACE", 1.0)
-    monkeypatch.setattr(storage_api, "MIN_BATCH_RATE", 1024 * MiB)
-    first = stalled(live_server, uploads(repo, "chunks"), alice, MiB, b"\0" * 100)
-    wait_for(lambda: storage_api._receiving.used == MiB)
+    first = take_the_only_turn(live_server, alice, repo, monkeypatch, grace=1.0)
     chunks = cut(random_bytes(300_000, 2))
     body = frames(chunks)
     second = stalled(live_server, uploads(repo, "chunks"), alice, len(body), body)  # whole, but waits
@@ -176,11 +185,7 @@ def test_a_client_that_disconnects_while_waiting_frees_its_turn(
     pools: CountingBuffers,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(storage_api, "_receiving", storage_api._Admission(MiB))
-    monkeypatch.setattr(storage_api, "BATCH_GRACE", 0.5)
-    monkeypatch.setattr(storage_api, "MIN_BATCH_RATE", 1024 * MiB)
-    first = stalled(live_server, uploads(repo, "chunks"), alice, MiB, b"\0" * 100)
-    wait_for(lambda: storage_api._receiving.used == MiB)
+    first = take_the_only_turn(live_server, alice, repo, monkeypatch, grace=0.5)
     gone = stalled(live_server, uploads(repo, "chunks"), alice, MiB, b"\0" * 100)
     wait_for(lambda: len(storage_api._receiving._waiting) == 1)
     gone.close()
