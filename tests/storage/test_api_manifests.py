@@ -119,13 +119,13 @@ def test_bad_manifests_are_refused_and_nothing_is_held(
 
 
 def test_over_quota_is_413_and_nothing_is_stored(app: FastAPI, up: Uploader) -> None:
+    data = random_bytes(2 * MiB, 24)
+    chunks = cut(data)
+    assert up.send(frames(chunks)).status_code == 200  # before the quota was set
     with app.state.db.session() as session:
         owner = session.get(Repository, _repo_id(app, "data")).owner
         quota.set_limit(session, owner, MiB)
         session.commit()
-    data = random_bytes(2 * MiB, 24)
-    chunks = cut(data)
-    up.send(frames(chunks))
     assert error_code(stream(up, len(data), ids([h for h, _ in chunks])), 413) == "quota_exceeded"
     assert held(app, "alice/data") == set()
     assert not app.state.blobs.has(hashlib.sha256(data).hexdigest())

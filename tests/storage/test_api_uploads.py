@@ -29,6 +29,7 @@ from tests.api_helpers import API, commit, committed, create_repo, error_code
 from tests.conftest import Account, LiveServer
 
 FRAME = struct.Struct(">32sI")
+MiB = 1024 * 1024
 
 
 def random_bytes(n: int, seed: int) -> bytes:
@@ -349,14 +350,14 @@ def test_more_chunks_than_bytes_is_an_invalid_manifest(up: Uploader) -> None:
 def test_over_quota_is_413_and_nothing_is_held_or_committed(
     app: FastAPI, client: TestClient, alice: Account, up: Uploader
 ) -> None:
+    data = random_bytes(2 * 1024 * 1024, 10)
+    chunks = cut(data)
+    hashes = [h for h, _ in chunks]
+    assert up.send(frames(chunks)).status_code == 200  # before the quota was set
     with app.state.db.session() as session:
         owner = session.get(Repository, _repo_id(app, "data")).owner
         quota.set_limit(session, owner, 1024 * 1024)
         session.commit()
-    data = random_bytes(2 * 1024 * 1024, 10)
-    chunks = cut(data)
-    hashes = [h for h, _ in chunks]
-    up.send(frames(chunks))
     oid = hashlib.sha256(data).hexdigest()
     assert error_code(up.assemble(oid, len(data), hashes), 413) == "quota_exceeded"
     assert held(app, "alice/data") == set()
@@ -368,6 +369,61 @@ def test_over_quota_is_413_and_nothing_is_held_or_committed(
         quota.set_limit(session, session.merge(owner), 0)  # unlimited: now it fits
         session.commit()
     assert up.assemble(oid, len(data), hashes).status_code == 201
+
+
+def set_quota(app: FastAPI, name: str, limit: int) -> str:
+    """Give the owner of repository `name` a quota; returns the owner's id."""
+    with app.state.db.session() as session:
+        owner = session.get(Repository, _repo_id(app, name)).owner
+        quota.set_limit(session, owner, limit)
+        session.commit()
+        return owner.id
+
+
+def storage_of(client: TestClient, who: Account) -> dict[str, Any]:
+    r = client.get(f"{API}/owners/{who.name}/storage", headers=who.headers)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def test_chunks_beyond_the_quota_are_refused_and_nothing_of_the_batch_is_stored(
+    app: FastAPI, client: TestClient, alice: Account, up: Uploader
+) -> None:
+    """The QA repro: a write token and a quota of 1 MiB filled the disk with chunk batches no file held."""
+    set_quota(app, "data", MiB)
+    chunks = cut(random_bytes(2 * MiB, 12))
+    r = up.send(frames(chunks))
+    assert error_code(r, 413) == "quota_exceeded"
+    assert (
+        "1,048,576-byte storage quota" in r.json()["message"]
+        and "Nothing of this batch" in r.json()["message"]
+    )
+    assert app.state.blobs.missing_chunks([h for h, _ in chunks]) == {h for h, _ in chunks}
+    assert storage_of(client, alice)["pending_bytes"] == 0
+
+
+def test_chunks_count_against_the_quota_until_a_file_holds_them(
+    app: FastAPI, client: TestClient, alice: Account, up: Uploader
+) -> None:
+    owner_id = set_quota(app, "data", 4 * MiB)
+    first = random_bytes(MiB, 13)
+    chunks = cut(first)
+    assert up.send(frames(chunks)).status_code == 200
+    assert up.send(frames(chunks)).status_code == 200  # chunks stored already count once
+    assert storage_of(client, alice)["pending_bytes"] == len(first)
+    second = cut(random_bytes(7 * MiB // 2, 14))  # 1 + 3.5 MiB do not fit in 4
+    assert error_code(up.send(frames(second)), 413) == "quota_exceeded"
+    up.upload(first)  # a file holds the first chunks: they are counted as the file now
+    usage = storage_of(client, alice)
+    assert (usage["used_bytes"], usage["pending_bytes"]) == (len(first), 0)
+    assert up.send(frames(cut(random_bytes(MiB, 15)))).status_code == 200
+    third = cut(random_bytes(5 * MiB // 2, 16))  # 1 held + 1 pending + 2.5 MiB do not fit in 4
+    assert error_code(up.send(frames(third)), 413) == "quota_exceeded"
+    # Unfinished uploads lapse with the garbage collector's grace period (their chunks are collected).
+    app.state.settings.storage_gc_grace_seconds = 0
+    with app.state.db.session() as session:
+        assert quota.pending(session, app.state.settings, owner_id) == 0
+    assert up.send(frames(third)).status_code == 200
 
 
 def test_lfs_fields_must_name_an_object_the_repository_may_use(

@@ -157,8 +157,8 @@ _HINTS = {
     "protected_branch": "make another branch the default first, or delete a different branch",
     "invalid_name": "use 1-96 letters, digits, '.', '_' or '-', starting and ending with a letter or digit",
     "quota_exceeded": (
-        "the owner's storage quota is full: delete large files or repositories you no longer need "
-        "(the owner's profile page shows its use; the operator can raise the quota)"
+        "this does not fit in the owner's storage quota: delete large files or repositories you no longer "
+        "need (the owner's profile page shows its use; the operator can raise the quota)"
     ),
     "lfs_object_missing": "upload the file's content to this repository before committing a pointer to it",
     "digest_mismatch": "the bytes changed while they were sent (or were damaged): upload again",

@@ -48,6 +48,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from opensci.accounts.models import Owner
 from opensci.accounts.permissions import Actor
 from opensci.deps import BlobsDep, SessionDep, SettingsDep, UserActorDep
 from opensci.errors import InvalidInput, PayloadTooLarge
@@ -291,14 +292,24 @@ async def _read_batch(request: Request, buffer: bytearray | None, length: int) -
     },
 )
 async def put_chunks(
-    owner: str, name: str, request: Request, session: SessionDep, blobs: BlobsDep, actor: UserActorDep
+    owner: str,
+    name: str,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    blobs: BlobsDep,
+    actor: UserActorDep,
 ) -> ChunksStored | Response:
     """Store a batch of chunks, framed as `[BLAKE3 (32 bytes)][length (4 bytes, big-endian)][bytes]`,
     repeated. Every chunk is checked against its hash first: one wrong chunk (422 `digest_mismatch`) or
     a truncated frame (422 `truncated_batch`) stores nothing of the batch. A batch that takes longer to
     arrive than `BATCH_GRACE` seconds plus its length at `MIN_BATCH_RATE` is refused (408
-    `upload_timeout`), and so is one named by sha256 as older SDKs did (422 `outdated_client`)."""
-    await run_in_threadpool(_writable, actor, session, owner, name)
+    `upload_timeout`), and so is one named by sha256 as older SDKs did (422 `outdated_client`). While
+    the repository's owner has a quota, the new chunks count against it until a file holds them (413
+    `quota_exceeded`, nothing of the batch stored)."""
+    repo = await run_in_threadpool(_writable, actor, session, owner, name)
+    owner_id = repo.owner_id
+    limited = await run_in_threadpool(quota.limit_for, session, settings, owner_id) is not None
     session.close()
     declared = request.headers.get("content-length")
     length = int(declared) if declared is not None and declared.isdigit() else None
@@ -322,6 +333,9 @@ async def put_chunks(
             if not chunks:
                 raise InvalidInput("the batch holds no chunks", code="empty_batch")
             received = len(chunks)
+            new_bytes = 0
+            if limited:
+                new_bytes = await run_in_threadpool(_room_for, session, settings, blobs, owner_id, chunks)
             release = None if buffer is None else functools.partial(_buffers.give, buffer)
             handed = release is not None
             held = len(buffer) if buffer is not None else 0
@@ -329,12 +343,34 @@ async def put_chunks(
                 functools.partial(blobs.put_chunks, chunks, release=release, held=held)
             )
             del chunks, body
+            if new_bytes:
+                await run_in_threadpool(quota.add_pending, session, settings, owner_id, new_bytes)
         except ClientDisconnect:  # the client gave up before the batch was whole: nothing was stored
             return Response(status_code=400)
         finally:
             if buffer is not None and not handed:
                 _buffers.give(buffer)
     return ChunksStored(received=received, stored=stored)
+
+
+def _room_for(
+    session: Session,
+    settings: Settings,
+    blobs: BlobStore,
+    owner_id: str,
+    chunks: list[tuple[bytes, memoryview]],
+) -> int:
+    """The bytes of the batch's chunks the store lacks, once sure the owner's quota has room for them."""
+    distinct = {digest: len(data) for digest, data in chunks}
+    absent = blobs.missing_chunks([digest.hex() for digest in distinct])
+    new_bytes = sum(size for digest, size in distinct.items() if digest.hex() in absent)
+    try:
+        holder = session.get(Owner, owner_id)
+        if holder is not None:
+            quota.check_chunks(session, settings, holder, new_bytes)
+    finally:
+        session.close()
+    return new_bytes
 
 
 def _missing_reply(exc: MissingChunks) -> JSONResponse:

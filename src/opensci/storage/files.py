@@ -66,6 +66,7 @@ def hold_object(session: Session, settings: Settings, repo: Repository, oid: str
         return
     if not quota.owner_holds(session, repo.owner_id, oid):
         quota.check(session, settings, repo.owner, size)
+        quota.settle_pending(session, repo.owner_id, size)
     try:
         with session.begin_nested():  # concurrent uploads of one object: the second finds the first's row
             session.add(RepoObject(repo_id=repo.id, oid=oid, size=size, created_at=utcnow()))

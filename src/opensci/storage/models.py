@@ -101,3 +101,15 @@ class StorageQuota(Base):
     owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), primary_key=True)
     limit_bytes: Mapped[int] = mapped_column(BigInteger)  # 0: unlimited
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class StoragePending(Base):
+    """Bytes of new chunks an owner's uploads stored that no file of the owner holds yet (counted against
+    its quota while it has one, so that chunks alone cannot fill the disk). Files the owner comes to hold
+    settle them; they lapse after the garbage collector's grace period, when such chunks are collected."""
+
+    __tablename__ = "storage_pending"
+
+    owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

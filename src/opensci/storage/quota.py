@@ -2,13 +2,20 @@
 
 An object shared by several of an owner's repositories counts once; the same object held by two owners
 counts for each (deduplication is the platform's saving, not a way around another owner's quota).
+
+Chunks uploaded for a file come before the file: while an owner has a quota, the bytes of new chunks its
+uploads stored and no file of its holds yet count too (`StoragePending`), so that chunk batches alone
+cannot fill the disk. A file the owner comes to hold settles them; they lapse after the garbage
+collector's grace period, when the chunks no file holds are collected.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from opensci.accounts.models import Owner
@@ -17,7 +24,7 @@ from opensci.errors import InvalidInput
 from opensci.repos.models import Repository
 from opensci.settings import Settings
 from opensci.storage.errors import QuotaExceeded
-from opensci.storage.models import RepoObject, StorageQuota
+from opensci.storage.models import RepoObject, StoragePending, StorageQuota
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,66 @@ def check(session: Session, settings: Settings, owner: Owner, extra_bytes: int) 
             f"{owner.name} uses {used:,} of its {limit:,}-byte storage quota; {extra_bytes:,} more bytes "
             "do not fit. Delete files or repositories, or ask the operator for a larger quota"
         )
+
+
+def pending(session: Session, settings: Settings, owner_id: str) -> int:
+    """Bytes of new chunks the owner's uploads stored that no file of its holds yet (and not lapsed)."""
+    row = session.get(StoragePending, owner_id, populate_existing=True)
+    if row is None or row.updated_at < _lapsed(settings):
+        return 0
+    return row.size
+
+
+def _lapsed(settings: Settings):  # type: ignore[no-untyped-def]
+    return utcnow() - timedelta(seconds=settings.storage_gc_grace_seconds)
+
+
+def check_chunks(session: Session, settings: Settings, owner: Owner, new_bytes: int) -> None:
+    """Raise QuotaExceeded if `new_bytes` more of new chunks, with what the owner holds and its uploads
+    not yet in a file, would take it past its quota."""
+    limit = limit_for(session, settings, owner.id)
+    if limit is None or new_bytes <= 0:
+        return
+    used = usage(session, settings, owner.id).used_bytes
+    waiting = pending(session, settings, owner.id)
+    if used + waiting + new_bytes > limit:
+        raise QuotaExceeded(
+            f"{owner.name} uses {used:,} of its {limit:,}-byte storage quota and its unfinished uploads hold "
+            f"{waiting:,} bytes more; these {new_bytes:,} bytes of chunks do not fit. Nothing of this batch "
+            "was stored; delete files or repositories, or ask the operator for a larger quota"
+        )
+
+
+def add_pending(session: Session, settings: Settings, owner_id: str, new_bytes: int) -> None:
+    """Count `new_bytes` of chunks just stored for the owner's uploads. Commits."""
+    if new_bytes <= 0:
+        return
+    now = utcnow()
+    grow = (
+        update(StoragePending)
+        .where(StoragePending.owner_id == owner_id)
+        .values(
+            size=case((StoragePending.updated_at < _lapsed(settings), 0), else_=StoragePending.size)
+            + new_bytes,
+            updated_at=now,
+        )
+    )
+    if session.execute(grow).rowcount == 0:  # type: ignore[attr-defined]
+        try:
+            with session.begin_nested():
+                session.add(StoragePending(owner_id=owner_id, size=new_bytes, updated_at=now))
+        except IntegrityError:  # another batch of the owner's counted first
+            session.execute(grow)
+    session.commit()
+
+
+def settle_pending(session: Session, owner_id: str, size: int) -> None:
+    """The owner now holds a new file of `size` bytes: its chunks are no longer pending. Flushes only."""
+    session.execute(
+        update(StoragePending)
+        .where(StoragePending.owner_id == owner_id, StoragePending.size > 0)
+        .values(size=case((StoragePending.size > size, StoragePending.size - size), else_=0))
+    )
 
 
 def set_limit(session: Session, owner: Owner, limit_bytes: int | None) -> None:

@@ -25,6 +25,11 @@ class StorageUsageOut(BaseModel):
     limit_bytes: int | None = Field(description="The quota in bytes; null means unlimited.")
     available_bytes: int | None
     objects: int
+    pending_bytes: int = Field(
+        0,
+        description="Bytes of chunks the owner's unfinished uploads stored, counted against the quota until "
+        "a file holds them (they lapse after the garbage collector's grace period).",
+    )
 
 
 class QuotaIn(BaseModel):
@@ -46,6 +51,7 @@ def usage_out(session: Session, settings: Settings, owner: Owner) -> StorageUsag
         limit_bytes=u.limit_bytes,
         available_bytes=u.available_bytes,
         objects=u.objects,
+        pending_bytes=quota.pending(session, settings, owner.id) if u.limit_bytes is not None else 0,
     )
 
 
