@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from fastapi import Response
 
 from opensci.errors import RangeNotSatisfiable
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def effective_range(headers: Mapping[str, str], etag: str) -> str | None:
+    """The request's Range header, unless an If-Range says the client's copy is another version: a range
+    is only served if the validator is the current (strong) ETag; a date, or another ETag, asks for the
+    whole file (RFC 9110, 13.1.5), so a resumed download never splices two versions of a file."""
+    wanted = headers.get("range")
+    if wanted is None:
+        return None
+    validator = headers.get("if-range")
+    if validator is not None and validator.strip() != etag:
+        return None
+    return wanted
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:

@@ -224,6 +224,22 @@ def test_raw_ranges(client: TestClient, alice: Account, history: list[str]) -> N
         assert (r.status_code, r.content) == (200, b"0123456789"), ignored
 
 
+def test_if_range_serves_a_range_only_of_the_same_version(
+    client: TestClient, alice: Account, history: list[str]
+) -> None:
+    """The QA repro: a resumed download naming an older version (another ETag, or a date) gets the whole
+    current file, never a range of it spliced onto the old bytes."""
+    committed(client, alice, REPO, {"digits.txt": "0123456789"})
+    path = url("raw/main/digits.txt")
+    etag = client.get(path).headers["etag"]
+    same = client.get(path, headers={"Range": "bytes=5-", "If-Range": etag})
+    assert (same.status_code, same.content) == (206, b"56789")
+    for other in ('"wrong"', f"W/{etag}", "Sun, 06 Dec 2026 08:00:00 GMT"):
+        r = client.get(path, headers={"Range": "bytes=5-", "If-Range": other})
+        assert (r.status_code, r.content) == (200, b"0123456789"), other
+        assert "content-range" not in r.headers
+
+
 @pytest.mark.parametrize("header", ["bytes=10-", "bytes=10-20", "bytes=-0"])
 def test_raw_range_outside_the_file_is_416(
     client: TestClient, alice: Account, history: list[str], header: str

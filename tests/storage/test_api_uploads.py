@@ -145,6 +145,13 @@ def test_upload_asks_sends_only_missing_chunks_then_commits_a_pointer(
         f"{API}/repos/alice/data/raw/{head}/big/file.bin", headers={**alice.headers, "Range": "bytes=1000-"}
     )
     assert part.status_code == 206 and part.content == data[1000:]
+    for validator, status in ((f'"{oid}"', 206), ('"another-version"', 200)):
+        resumed = client.get(
+            f"{API}/repos/alice/data/raw/{head}/big/file.bin",
+            headers={**alice.headers, "Range": "bytes=1000-", "If-Range": validator},
+        )
+        assert resumed.status_code == status
+        assert resumed.content == (data[1000:] if status == 206 else data)
     attrs = client.get(f"{API}/repos/alice/data/raw/{head}/.gitattributes", headers=alice.headers)
     assert "filter=lfs" in attrs.text
     g = app.state.store.open(_repo_id(app, "data"))

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from opensci.accounts.permissions import Actor, can
 from opensci.db.base import utcnow
 from opensci.errors import InvalidInput
-from opensci.http_range import bytes_response, parse_range
+from opensci.http_range import bytes_response, effective_range, parse_range
 from opensci.repos import gitstore
 from opensci.repos.gitstore import Change, Upload
 from opensci.repos.models import Repository
@@ -327,7 +327,7 @@ def object_response(
     out.setdefault("ETag", f'"{oid}"')
     if _not_modified(request, out["ETag"]):
         return Response(status_code=304, headers=out)
-    rng = parse_range(request.headers.get("range"), size)
+    rng = parse_range(effective_range(request.headers, out["ETag"]), size)
     start, end, status = (0, size - 1, 200) if rng is None else (*rng, 206)
     if status == 206:
         out["Content-Range"] = f"bytes {start}-{end}/{size}"
@@ -363,7 +363,7 @@ def file_response(
     blob = g[view.blob_id]
     return bytes_response(
         blob.data,
-        request.headers.get("range"),
+        effective_range(request.headers, out["ETag"]),
         media_type=media_type,
         headers=out,
         head=request.method == "HEAD",
