@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 from pathlib import Path
 
 import httpx
@@ -186,6 +187,10 @@ def test_signed_links_are_checked(live_server: LiveServer, alice: Account, bob: 
     assert bad.status_code == 422 and bad.json()["error"] == "digest_mismatch"
     truncated = httpx.put(href, content=data[:100])
     assert truncated.status_code == 422 and truncated.json()["error"] == "size_mismatch"
+    assert "has 100 bytes, not the announced 5000" in truncated.json()["message"]
+    longer = httpx.put(href, content=data + b"xyz")
+    assert longer.status_code == 422 and longer.json()["error"] == "size_mismatch"
+    assert re.search(r"has at least 500[1-3] bytes, not the announced 5000", longer.json()["message"])
     verify = obj["objects"][0]["actions"]["verify"]["href"]
     assert httpx.post(verify, json={"oid": oid, "size": len(data)}).status_code == 404
     assert httpx.put(href, content=data).status_code == 200
@@ -226,6 +231,9 @@ def test_bad_batch_requests_are_4xx(live_server: LiveServer, alice: Account) -> 
     )
     errors = [o["error"]["code"] for o in r.json()["objects"]]
     assert errors == [422, 422]
+    huge = b'{"operation": "upload", "objects": [' + b'{"oid": "a", "size": 1},' * 400_000 + b"{}]}"
+    r = httpx.post(url, content=huge, headers=LFS, auth=auth)
+    assert r.status_code == 413 and r.json()["error"] == "body_too_large", r.text[:200]
 
 
 def test_quota_refuses_what_does_not_fit(

@@ -32,7 +32,15 @@ from starlette.requests import ClientDisconnect
 
 from opensci.accounts.permissions import Actor, can
 from opensci.deps import credentials, resolve_actor
-from opensci.errors import Forbidden, InvalidInput, NotFound, OpenSciError, RepoNotFound, Unauthorized
+from opensci.errors import (
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    OpenSciError,
+    PayloadTooLarge,
+    RepoNotFound,
+    Unauthorized,
+)
 from opensci.http_body import RequestBody
 from opensci.repos import service as repos
 from opensci.repos.models import RepoKind, Repository
@@ -307,7 +315,7 @@ async def _read_small(request: Request) -> bytes:
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_BATCH_BODY:
-            raise InvalidInput(f"the request body exceeds {MAX_BATCH_BODY} bytes", code="body_too_large")
+            raise PayloadTooLarge(f"the request body exceeds {MAX_BATCH_BODY} bytes", code="body_too_large")
     return body
 
 

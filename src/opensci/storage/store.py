@@ -286,7 +286,7 @@ class BlobStore:
                     lease.flush()
             if expected_size is not None and chunked.size != expected_size:
                 raise DigestMismatch(
-                    f"the upload has {'more than ' if chunked.size > expected_size else ''}"
+                    f"the upload has {'at least ' if chunked.size > expected_size else ''}"
                     f"{chunked.size} bytes, not the announced {expected_size}; nothing was stored",
                     code="size_mismatch",
                 )
