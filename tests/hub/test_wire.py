@@ -220,3 +220,14 @@ def test_preupload_names_inline_files_kept_in_lfs_by_their_git_id(
     )
     git_id = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
     assert r.json()["files"][0]["uploadMode"] == "regular" and r.json()["files"][0]["oid"] == git_id
+
+
+def test_a_commit_header_whose_summary_is_not_text_is_refused(
+    client: TestClient, alice: Account, repo: str
+) -> None:
+    for header in ({"summary": 5}, {"summary": "ok", "description": ["a"]}):
+        lines = [{"key": "header", "value": header}]
+        body = b"".join(json.dumps(x).encode() + b"\n" for x in lines)
+        r = client.post(f"/api/models/{repo}/commit/main", content=body, headers=alice.headers)
+        assert r.status_code == 422, r.text
+        assert r.json()["error"] == "invalid_commit" and "must be a string" in r.json()["message"]

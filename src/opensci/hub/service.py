@@ -406,6 +406,9 @@ def lfs_first(user_agent: str) -> bool:
 
 
 def _message(header: dict[str, Any]) -> str:
+    for key in ("summary", "description"):
+        if header.get(key) is not None and not isinstance(header[key], str):
+            raise InvalidInput(f"the commit header's {key} must be a string", code="invalid_commit")
     summary = str(header.get("summary") or "").strip()
     description = str(header.get("description") or "").strip()
     return f"{summary}\n\n{description}" if description else summary
