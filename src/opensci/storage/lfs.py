@@ -76,16 +76,16 @@ def _actor(request: Request, session: Any) -> Actor:
     return resolve_actor(request, session) if credentials(request) else Actor.anonymous()
 
 
-def _repo(
-    request: Request, session: Any, owner: str, repo_name: str, dataset: bool, write: bool
-) -> Repository:
-    """The repository of the URL if the caller may read it (and write, for uploads), as git decides."""
+def _repo(request: Request, session: Any, owner: str, repo_name: str, write: bool) -> Repository:
+    """The repository of the URL if the caller may read it (and write, for uploads), as git decides.
+
+    A dataset is found under the code URL form too (`/{owner}/{name}.git/info/lfs`), and a code repository
+    under `/datasets/…`: git follows the server's redirect to the right form, but git-lfs keeps asking
+    the URL the clone was given."""
     name = repo_name.removesuffix(".git")
     actor = _actor(request, session)
     try:
         repo = repos.get_repo(actor, session, owner, name)
-        if (repo.kind == RepoKind.dataset) != dataset:
-            raise RepoNotFound(f"repository {owner}/{name} not found")
     except RepoNotFound:
         if actor.is_anonymous:
             raise Unauthorized("authentication required", code="login_required") from None
@@ -179,7 +179,7 @@ def _batch(request: Request, raw: bytes, owner: str, repo_name: str, dataset: bo
     blobs: BlobStore = request.app.state.blobs
     op, objects = _parse_batch(raw)
     with request.app.state.db.session() as session:
-        repo = _repo(request, session, owner, repo_name, dataset, write=op == "upload")
+        repo = _repo(request, session, owner, repo_name, write=op == "upload")
         used = quota.usage(session, settings, repo.owner_id).used_bytes
         planned = 0  # bytes this batch may add to the owner's usage
         out = []
@@ -278,7 +278,7 @@ def _download(request: Request, owner: str, repo_name: str, dataset: bool, oid: 
             if not size.isdigit() or not _signed(request, settings, repo, "download", oid, int(size)):
                 raise _bad_link()
         else:
-            repo = _repo(request, session, owner, repo_name, dataset, write=False)
+            repo = _repo(request, session, owner, repo_name, write=False)
         if not files.holds(session, repo.id, oid) or not blobs.has(oid):
             raise NotFound(f"object {oid} is not stored in {repo.full_name}", code="object_not_found")
         size = blobs.stat(oid).size
@@ -303,7 +303,7 @@ def _verify(request: Request, raw: bytes, owner: str, repo_name: str, dataset: b
             ):
                 raise _bad_link()
         else:
-            repo = _repo(request, session, owner, repo_name, dataset, write=True)
+            repo = _repo(request, session, owner, repo_name, write=True)
         if not files.holds(session, repo.id, oid) or not blobs.has(oid):
             raise NotFound(f"object {oid} was not uploaded to {repo.full_name}", code="object_not_found")
         if blobs.stat(oid).size != size:
@@ -361,7 +361,7 @@ def _routes(prefix: str, dataset: bool) -> None:
     async def locks_verify(owner: str, repo_name: str, request: Request) -> Response:
         def check() -> None:
             with request.app.state.db.session() as session:
-                _repo(request, session, owner, repo_name, dataset, write=True)
+                _repo(request, session, owner, repo_name, write=True)
 
         try:
             await run_in_threadpool(check)
