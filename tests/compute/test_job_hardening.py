@@ -4,6 +4,8 @@ its submitter's (values hidden from others, no rerun by others); and a cap on ea
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import threading
 import time
@@ -18,7 +20,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
 from opensci.client.errors import TooManyRequestsError, error_from_response
-from opensci.compute import outputs, workspace
+from opensci.compute import outputs, shim, workspace
 from opensci.compute.executors.base import Launch, Observation, Resources
 from opensci.compute.executors.local import LocalExecutor
 from opensci.compute.models import Job
@@ -470,3 +472,45 @@ def test_a_job_lost_after_a_cancel_was_asked_ends_cancelled(app: FastAPI, alice:
     job = job_row(app, job_id)
     assert (job.status, job.reason, job.phase) == ("cancelled", "cancelled", "done"), job.message
     assert "the job never started" in job.message
+
+
+def _shim_job(job_dir: Path, command: list[str], **extra: Any) -> Path:
+    work = job_dir / "work"
+    work.mkdir(parents=True)
+    spec = {
+        "job_id": 1,
+        "argv": [],
+        "command": command,
+        "env": {"PATH": "/usr/bin:/bin"},
+        "workdir": str(work),
+        "time_limit": 60,
+        "memory_bytes": 2**30,
+        **extra,
+    }
+    (job_dir / "job.json").write_text(json.dumps(spec))
+    return work
+
+
+def test_a_cancel_before_the_command_starts_means_it_never_starts(tmp_path: Path) -> None:
+    """The QA repro: a cancel's TERM that reached the shim before it had started the command was dropped;
+    the command ran until the executor killed the shim 5 s later (its cgroups left behind)."""
+    work = _shim_job(tmp_path, ["sh", "-c", "touch ran"], cgroups=True)
+    run = shim.Run(tmp_path)
+    run.stop("cancelled", "cancelled (SIGTERM): stopping the job")  # as the signal handler does
+    assert run.main() == 0
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert (status["reason"], status["exit_code"]) == ("cancelled", None)
+    assert not (work / "ran").exists()
+    assert not (tmp_path / shim.CGROUPS_FILE).exists()
+
+
+def test_the_cgroups_of_a_killed_shim_are_removed_by_the_executor(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("control groups are made by a root server only")
+    groups = shim.Cgroups.make(f"opensci-test-{os.getpid()}", 2**30, 64)
+    assert groups is not None, "this root server could not make control groups"
+    dirs = list(dict.fromkeys(groups.dirs.values()))
+    (tmp_path / shim.CGROUPS_FILE).write_text(json.dumps([str(d) for d in dirs]))
+    shim.remove_leftover_cgroups(tmp_path)
+    assert not any(d.exists() for d in dirs)
+    assert not (tmp_path / shim.CGROUPS_FILE).exists()

@@ -132,6 +132,39 @@ def test_cancel_stops_the_whole_process_tree_within_seconds(http: httpx.Client, 
     assert r.status_code == 409
 
 
+SAVER = """\
+import signal, sys, time
+def save(signum, frame):
+    print("got TERM, saving", flush=True)
+    time.sleep(1)
+    print("saved", flush=True)
+    sys.exit(3)
+signal.signal(signal.SIGTERM, save)
+print("ready", flush=True)
+time.sleep(300)
+"""
+
+
+def test_a_stopped_command_gets_its_grace_period_to_save_its_work(http: httpx.Client, alice: Account) -> None:
+    """The QA repro: in the sandbox, the TERM of a cancel or of the time limit killed bubblewrap, which took
+    the command down at once; the command now has the grace period (3 s) to save its work."""
+    code_repo(http, alice, "saver", {"save.py": SAVER})
+    job = submit(http, alice, {"code": {"repo": "alice/saver"}, "command": ["python", "save.py"]})
+    wait(http, alice, job["id"], lambda j: "ready" in logs(http, alice, job["id"]), timeout=60)
+    assert http.post(f"{API}/jobs/{job['id']}/cancel", headers=alice.headers).status_code == 200
+    done = finished(http, alice, job["id"], timeout=30)
+    text = logs(http, alice, job["id"])
+    assert done["status"] == "cancelled" and "saved" in text, text
+    timed = submit(
+        http,
+        alice,
+        {"code": {"repo": "alice/saver"}, "command": ["python", "save.py"], "resources": {"time_limit": 3}},
+    )
+    done = finished(http, alice, timed["id"], timeout=60)
+    text = logs(http, alice, timed["id"])
+    assert done["status"] == "timeout" and "saved" in text, text
+
+
 def test_time_limit_stops_the_job_as_timeout(http: httpx.Client, alice: Account) -> None:
     code_repo(http, alice, "sleepy", {"README.md": "zz"})
     job = submit(

@@ -45,7 +45,7 @@ INFO_FD, BLOCK_FD = "@info-fd@", "@block-fd@"  # in job.json's argv: bubblewrap'
 READ = 64 * 1024
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
+def write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
         json.dump(data, f)
@@ -114,6 +114,34 @@ def signal_tree(root: int, sig: int) -> None:
     for pid in tree(root)[0]:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, sig)
+
+
+def signal_job(root: int, sig: int, *, sandboxed: bool) -> None:
+    """Send `sig` to a job's tree. In a sandbox, a signal other than KILL spares bubblewrap itself (`root`
+    and its pid-1 child): bubblewrap dies of a TERM and takes the sandbox down with it (SIGKILL, as it runs
+    with --die-with-parent), which would leave the command no grace period to save its work."""
+    if not sandboxed or sig == signal.SIGKILL:
+        signal_tree(root, sig)
+        return
+    bubblewrap = {root} | {pid for pid, (ppid, _, _) in _processes().items() if ppid == root}
+    for pid in tree(root)[0]:
+        if pid not in bubblewrap:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+
+
+CGROUPS_FILE = "cgroups.json"  # in the job directory: the job's control groups, while they exist
+
+
+def remove_leftover_cgroups(job_dir: Path) -> None:
+    """Remove the control groups a shim that was killed could not remove itself (their processes gone)."""
+    try:
+        dirs = json.loads((job_dir / CGROUPS_FILE).read_text())
+    except (OSError, ValueError):
+        return
+    Cgroups({str(i): Path(d) for i, d in enumerate(dirs)}, v2=False).remove()
+    with contextlib.suppress(OSError):
+        (job_dir / CGROUPS_FILE).unlink()
 
 
 # What the executor's machine tells a job about itself: Slurm's job variables and the GPUs it assigned.
@@ -369,14 +397,16 @@ class Run:
         self.log.write(f"[opensci] {text}\n".encode("utf-8", "backslashreplace"))
 
     def stop(self, reason: str, message: str) -> None:
-        """Begin stopping the command (TERM now, KILL after the grace period); the first reason wins."""
+        """Begin stopping the command (TERM now, KILL after the grace period); the first reason wins. Before
+        the command has started, it never starts (or gets its TERM as soon as it has)."""
         with self.lock:
-            if self.reason is not None or self.proc is None:
+            if self.reason is not None:
                 return
             self.reason, self.message = reason, message
             self.stop_at = time.monotonic() + float(self.spec.get("kill_grace", 3))
         self.note(message)
-        signal_tree(self.proc.pid, signal.SIGTERM)
+        if self.proc is not None:
+            signal_job(self.proc.pid, signal.SIGTERM, sandboxed=bool(self.spec.get("sandboxed")))
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.stop("cancelled", f"cancelled ({signal.Signals(signum).name}): stopping the job")
@@ -436,6 +466,8 @@ class Run:
         finally:
             if self.cgroups is not None:  # on every path, starting failures included
                 self.cgroups.remove()
+                with contextlib.suppress(OSError):
+                    (self.job_dir / CGROUPS_FILE).unlink()
 
     def _main(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -463,11 +495,19 @@ class Run:
             )
             if self.cgroups is None:
                 self.note("cgroups: not available here; memory is limited by what the processes show")
+            else:
+                dirs = [str(d) for d in dict.fromkeys(self.cgroups.dirs.values())]
+                write_json(self.job_dir / CGROUPS_FILE, dirs)  # for the executor, should this be killed
         network = Network(**self.spec["network"]) if self.spec.get("network") else None
         pass_fds = (report_w,) if REPORT_FD in self.spec["argv"] else ()
         if network is not None:
             prefix, pass_fds = network.argv(prefix), (*pass_fds, *network.fds)
         argv = [*prefix, *self.spec.get("command", [])]  # the placeholders are filled in the prefix only
+        if self.reason is not None:  # cancelled before the command started: it never does
+            if network is not None:
+                network.started()
+                network.close()
+            return self.ended_before_start(started, host)
         try:
             self.proc = subprocess.Popen(
                 argv,
@@ -488,6 +528,8 @@ class Run:
         finally:
             os.close(out_w)
             os.close(report_w)
+        if self.reason is not None:  # the cancel came while the command was being started
+            signal_job(self.proc.pid, signal.SIGTERM, sandboxed=bool(self.spec.get("sandboxed")))
         if network is not None:
             network.started()
             try:
@@ -547,6 +589,23 @@ class Run:
             "log_bytes_dropped": self.dropped,
         }
         write_json(self.job_dir / "status.json", status)
+        self.log.close()
+        return 0
+
+    def ended_before_start(self, started: float, host: str) -> int:
+        write_json(
+            self.job_dir / "status.json",
+            {
+                "exit_code": None,
+                "reason": self.reason,
+                "message": self.message,
+                "started_at": started,
+                "ended_at": time.time(),
+                "host": host,
+                "cpu_seconds": 0.0,
+                "max_rss_bytes": 0,
+            },
+        )
         self.log.close()
         return 0
 

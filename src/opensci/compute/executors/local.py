@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable
 
 from opensci.compute.executors.base import ExecutorError, Launch, Observation, read_json
+from opensci.compute.shim import remove_leftover_cgroups, signal_tree
 
 HOST = socket.gethostname()
 
@@ -102,6 +103,7 @@ class LocalExecutor:
             return Observation("running")
         if code is None:  # it ended between our two looks
             code = self._reap(pid)
+        remove_leftover_cgroups(launch.job_dir)  # the shim did not end its own way
         if launch.status_path.exists():  # it wrote its status between our two looks
             return Observation("ended")
         err = (launch.job_dir / "shim.err").read_text(errors="replace")[-2000:].strip()
@@ -130,11 +132,10 @@ class LocalExecutor:
             if _start_time(pid) != started:
                 return
             running = read_json(launch.running_path)
-            from opensci.compute.shim import signal_tree
-
             if running is not None:
                 signal_tree(int(running["pid"]), signal.SIGKILL)
             signal_tree(pid, signal.SIGKILL)
+            remove_leftover_cgroups(launch.job_dir)
 
         timer = threading.Timer(self.kill_grace + 2.0, force)
         timer.daemon = True
