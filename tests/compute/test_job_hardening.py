@@ -514,3 +514,24 @@ def test_the_cgroups_of_a_killed_shim_are_removed_by_the_executor(tmp_path: Path
     shim.remove_leftover_cgroups(tmp_path)
     assert not any(d.exists() for d in dirs)
     assert not (tmp_path / shim.CGROUPS_FILE).exists()
+
+
+def test_a_job_committing_its_outputs_can_no_longer_be_cancelled(
+    app: FastAPI, client: TestClient, alice: Account
+) -> None:
+    """The QA repro: a cancel during collection was accepted (200) and ignored (the job succeeded). Now
+    one of the two wins: a cancel asked first keeps collection from starting; once it has started, a
+    cancel is 409 `job_collecting`."""
+    [early, late] = enqueue(app, alice, 2, memory=GiB, status="running")
+    with app.state.db.session() as s:
+        stale = s.get(Job, early)
+        assert stale is not None
+        r = client.post(f"{API}/jobs/{early}/cancel", headers=alice.headers)
+        assert r.status_code == 200 and r.json()["cancel_requested"], r.text
+        assert not Scheduler._start_collecting(s, stale)  # the scheduler read it before the cancel
+        collecting = s.get(Job, late)
+        assert collecting is not None and Scheduler._start_collecting(s, collecting)
+    r = client.post(f"{API}/jobs/{late}/cancel", headers=alice.headers)
+    assert error_code(r, 409) == "job_collecting"
+    assert "outputs are being committed" in r.json()["message"]
+    assert not job_row(app, late).cancel_requested

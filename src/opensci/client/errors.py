@@ -168,6 +168,7 @@ _HINTS = {
         "inputs and output"
     ),
     "job_finished": "to run it again at the same commits: `opensci job rerun ID`",
+    "job_collecting": "it ends in a moment: `opensci job status ID` shows how",
     "invalid_spec": "fix the job's spec; `opensci job submit --help` describes every field",
     "invalid_status": "use one of queued, running, succeeded, failed, cancelled, timeout",
     "priority_not_allowed": "leave the priority at 0 or below: only site administrators may raise it",

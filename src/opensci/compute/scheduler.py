@@ -420,9 +420,11 @@ class Scheduler:
                 elif exit_code != 0:
                     msg = status.get("message") or f"the command exited with code {exit_code}"
                     self._end(s, job, out, JobStatus.failed, reason="exit_code", message=msg)
+                elif not self._start_collecting(s, job):  # a cancel came first
+                    self._end(
+                        s, job, out, JobStatus.cancelled, reason="cancelled", message="cancelled on request"
+                    )
                 else:
-                    job.phase = JobPhase.collecting
-                    s.commit()
                     try:
                         commit = outputs.commit_outputs(
                             self.settings, s, self.store, self.blobs, job, jd / "work" / "outputs", out
@@ -440,6 +442,19 @@ class Scheduler:
                 self._busy.discard(job_id)
             self._cancel_sent.pop(job_id, None)
             self.wake.set()  # capacity is free: dispatch the next job now
+
+    @staticmethod
+    def _start_collecting(s: Session, job: Job) -> bool:
+        """Enter the collecting phase unless a cancel was asked meanwhile (then False): from here on the
+        job can no longer be cancelled (see `service.cancel`)."""
+        won = s.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.cancel_requested.is_(False))
+            .values(phase=JobPhase.collecting)
+        )
+        s.commit()
+        s.refresh(job)
+        return bool(won.rowcount == 1)  # type: ignore[attr-defined]
 
     def _end(
         self, s: Session, job: Job, out: IO[bytes], status: JobStatus, *, reason: str, message: str

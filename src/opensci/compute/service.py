@@ -349,8 +349,23 @@ def cancel(actor: Actor, session: Session, job: Job) -> Job:
             session.refresh(job)
             return job
         session.refresh(job)  # the scheduler claimed it meanwhile: ask it to stop
-    job.cancel_requested = True
+    # Asked only while the job's outputs are not being committed (the scheduler starts that only if no
+    # cancel was asked: one of the two wins, never both).
+    asked = session.execute(
+        Job.__table__.update()
+        .where(Job.id == job.id, Job.status == JobStatus.running, Job.phase != JobPhase.collecting)
+        .values(cancel_requested=True)
+    )
     session.commit()
+    session.refresh(job)
+    if asked.rowcount != 1:  # type: ignore[attr-defined]
+        if job.status in FINAL:
+            raise Conflict(f"job {job.id} has already ended ({job.status})", code="job_finished")
+        raise Conflict(
+            f"job {job.id} has run its command and its outputs are being committed; it can no longer be "
+            "cancelled",
+            code="job_collecting",
+        )
     return job
 
 
