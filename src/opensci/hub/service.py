@@ -361,6 +361,8 @@ def preupload(
     branch's `.gitattributes` send through Git LFS goes to LFS whatever its size, as on the Hub: it is
     stored in the blob store either way."""
     ignore = pathspec.GitIgnoreSpec.from_lines(git_ignore.splitlines()) if git_ignore else None
+    asked = [f["path"].strip("/") for f in entries if isinstance(f, dict) and isinstance(f.get("path"), str)]
+    tracked = files.lfs_tracker(g, commit, asked) if lfs_by_attributes else None
     out = []
     for f in entries:
         if not isinstance(f, dict) or not isinstance(f.get("path"), str):
@@ -369,8 +371,8 @@ def preupload(
         if not isinstance(size, int) or size < 0:
             raise InvalidInput(f"{path!r}: size must be a number of bytes", code="invalid_preupload")
         mode = "regular" if size <= settings.hub_regular_upload_max_bytes else "lfs"
-        if mode == "regular" and lfs_by_attributes and size > 0:
-            mode = "lfs" if files.tracked_by_attributes(g, commit, path.strip("/")) else mode
+        if mode == "regular" and tracked is not None and size > 0:
+            mode = "lfs" if tracked(path.strip("/")) else mode
         oid = None
         if commit is not None:
             try:
