@@ -651,6 +651,13 @@ CASES = [
         ("resources.memory", "at most 1024T"),
     ),
     Case(
+        "memory 400 nines of gigabytes (an infinite float)",
+        fixed(resources(memory="9" * 400 + "G")),
+        422,
+        "invalid_spec",
+        ("resources.memory", "at most 1024T"),
+    ),
+    Case(
         "time limit a huge number",
         fixed(resources(time_limit=10**30)),
         422,

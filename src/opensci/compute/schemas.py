@@ -10,6 +10,7 @@ the command and the environment variables are each at most 64 KiB.
 from __future__ import annotations
 
 import json
+import math
 import re
 import shlex
 from collections.abc import Callable
@@ -62,7 +63,10 @@ def parse_size(value: Any) -> int:
         if not m:
             raise ValueError(f"{value!r} is not a size; write bytes or e.g. 512M, 4G")
         number, unit = float(m.group(1)), (m.group(2) or "").lower()
-        size = int(number * 1024 ** _POWERS[unit[0]]) if unit else int(number)
+        scaled = number * 1024 ** _POWERS[unit[0]] if unit else number
+        if not math.isfinite(scaled) or scaled > MAX_MEMORY:  # 400 nines are an infinite float
+            raise ValueError("at most 1024T (1 PiB)")
+        size = int(scaled)
     if size <= 0:
         raise ValueError("must be positive")
     if size > MAX_MEMORY:
