@@ -522,7 +522,11 @@ def test_a_job_committing_its_outputs_can_no_longer_be_cancelled(
     """The QA repro: a cancel during collection was accepted (200) and ignored (the job succeeded). Now
     one of the two wins: a cancel asked first keeps collection from starting; once it has started, a
     cancel is 409 `job_collecting`."""
-    [early, late] = enqueue(app, alice, 2, memory=GiB, status="running")
+    code_repo(client, alice, "tool", {"run.py": "print(1)\n"})
+    early, late = (post_job(client, alice, {"code": {"repo": "alice/tool"}, "command": "true"}) for _ in "ab")
+    with app.state.db.session() as s:
+        s.execute(update(Job).where(Job.id.in_([early, late])).values(status="running", phase="executing"))
+        s.commit()
     with app.state.db.session() as s:
         stale = s.get(Job, early)
         assert stale is not None

@@ -500,7 +500,7 @@ def test_an_input_made_private_while_the_job_runs_is_not_published(
     r = http.patch(f"{API}/repos/bob/shared", json={"private": True}, headers=bob.headers)
     assert r.status_code == 200, r.text
     done = finished(http, bob, job["id"])  # alice no longer sees it: one of its inputs is private to her
-    assert done["status"] == "failed" and done["reason"] == "outputs", done
+    assert done["status"] == "failed" and done["reason"] == "permissions", done
     assert "may no longer read bob/shared" in done["message"]
     r = http.get(f"{API}/repos/alice/public-out/commits", headers=alice.headers)
     assert r.json()["items"] == [], r.text

@@ -40,7 +40,11 @@ from opensci.validation import MAX_PATH_DEPTH, check_repo_path
 
 
 class OutputError(Exception):
-    """The outputs could not be committed; the message says why."""
+    """The outputs could not be committed; the message says why, `reason` is the job's reason."""
+
+    def __init__(self, message: str, reason: str = "outputs") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def message_of(settings: Settings, job: Job, hidden: frozenset[str] = frozenset()) -> str:
@@ -191,7 +195,7 @@ def commit_outputs(
     # Rights may have changed while the job ran: an input made private must not be published now.
     refusal = service.submitter_refusal(session, job)
     if refusal is not None:
-        raise OutputError(refusal)
+        raise OutputError(refusal, reason="permissions")
     try:
         g = repos.open_git(store, repo)
         base = repos.branch_base(g, repo, target["branch"])

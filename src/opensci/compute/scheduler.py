@@ -430,7 +430,7 @@ class Scheduler:
                             self.settings, s, self.store, self.blobs, job, jd / "work" / "outputs", out
                         )
                     except outputs.OutputError as exc:
-                        self._end(s, job, out, JobStatus.failed, reason="outputs", message=str(exc))
+                        self._end(s, job, out, JobStatus.failed, reason=exc.reason, message=str(exc))
                     else:
                         job.output_commit = commit
                         self._end(s, job, out, JobStatus.succeeded, reason="", message="")
