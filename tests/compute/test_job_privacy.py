@@ -333,3 +333,20 @@ def test_a_job_over_a_deleted_repository_is_hidden_from_all_but_admins_and_its_s
     assert r.json()["inputs"]["doomed"]["repo"] == "alice/doomed"
     assert job_id in world.listed("root", owner="alice")
     assert world.post("root", f"{API}/jobs/{job_id}/cancel").json()["status"] == "cancelled"
+
+
+def test_a_job_whose_input_was_made_private_stays_visible_to_its_submitter_only(world: World) -> None:
+    """The QA repro: bob's job over alice's public dataset failed (rightly) when alice made it private,
+    and then bob got 404 for his own job: he could not learn why it failed."""
+    alice = world.accounts["alice"]
+    create_repo(world.client, alice, "turned", kind="dataset")
+    committed(world.client, alice, "alice/turned", {"a.csv": "a\n1\n"})
+    job_id = world.submit("bob", job_spec(inputs={"t": "alice/turned"}))["id"]
+    r = world.client.patch(f"{API}/repos/alice/turned", json={"private": True}, headers=alice.headers)
+    assert r.status_code == 200, r.text
+    assert world.get("bob", f"{API}/jobs/{job_id}").status_code == 200
+    assert world.get("bob", f"{API}/jobs/{job_id}/logs").status_code == 200
+    assert job_id in world.listed("bob", owner="bob")
+    for actor in ("anonymous", "carol"):
+        assert error_code(world.get(actor, f"{API}/jobs/{job_id}"), 404) == "job_not_found", actor
+        assert job_id not in world.listed(actor), actor

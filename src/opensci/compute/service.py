@@ -232,13 +232,12 @@ def submitter_refusal(s: Session, job: Job) -> str | None:
 
 
 def readable_jobs_clause(actor: Actor) -> Any:
-    """The SQL form of "may read the job": every repository it touches is readable. A repository deleted
-    since hides the job from everyone but administrators and the job's submitter (who saw it all)."""
+    """The SQL form of "may read the job": its submitter and administrators may; others if every
+    repository it touches is readable (a repository deleted or made private since hides the job from
+    them; the submitter, who saw it all, keeps sight of the job, to learn why it failed)."""
     if actor.is_admin:
         return true()
     gone = JobRepo.repo_id.is_(None)
-    if actor.user is not None:
-        gone = and_(gone, or_(Job.submitter_id.is_(None), Job.submitter_id != actor.user.id))
     hidden = (
         select(JobRepo.id)
         .outerjoin(Repository, Repository.id == JobRepo.repo_id)
@@ -247,18 +246,17 @@ def readable_jobs_clause(actor: Actor) -> Any:
             or_(gone, and_(JobRepo.repo_id.is_not(None), ~readable_repos_clause(actor))),
         )
     )
-    return ~exists(hidden)
+    if actor.user is None:
+        return ~exists(hidden)
+    return or_(Job.submitter_id == actor.user.id, ~exists(hidden))
 
 
 def can_read(actor: Actor, session: Session, job: Job) -> bool:
-    if actor.is_admin:
+    if actor.is_admin or _is_submitter(actor, job):
         return True
-    own = actor.user is not None and job.submitter_id == actor.user.id
     for link in session.scalars(select(JobRepo).where(JobRepo.job_id == job.id)):
         repo = session.get(Repository, link.repo_id) if link.repo_id else None
-        if repo is None and not own:
-            return False
-        if repo is not None and not can(actor, "read", repo):
+        if repo is None or not can(actor, "read", repo):
             return False
     return True
 
