@@ -475,9 +475,16 @@ def test_the_input_cache_keeps_what_jobs_use_and_drops_the_oldest_past_its_limit
     for i, name in enumerate(("old", "used", "recent", "newest")):
         (cache / name).write_bytes(b"x" * 4096)
         os.utime(cache / name, (1000 + i, 1000 + i))
-    os.link(cache / "used", tmp_path / "a-job-input")  # linked into a job's directory: in use
+    linked = workspace.job_dir(settings, 7) / "work" / "inputs" / "d" / "f"
+    linked.parent.mkdir(parents=True)
+    os.link(cache / "used", linked)  # linked into a job's directory: in use
     assert workspace.trim_cache(settings) == 4096
     assert sorted(p.name for p in cache.iterdir()) == ["newest", "recent", "used"]
+    # When the job ends, what it used may go too (QA: the cache stayed over its budget until the next
+    # job's inputs came in).
+    settings.compute_input_cache_bytes = 2 * 4096
+    workspace.clean(settings, 7)
+    assert sorted(p.name for p in cache.iterdir()) == ["newest", "recent"]
 
 
 def test_an_input_made_private_while_the_job_runs_is_not_published(

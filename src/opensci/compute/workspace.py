@@ -535,8 +535,10 @@ def _remove(path: Path) -> None:
 
 
 def clean(settings: Settings, job_id: int) -> None:
-    """Remove a finished job's working directory and home (the log and status stay)."""
+    """Remove a finished job's working directory and home (the log and status stay); the cached inputs
+    it used may then go, if the cache is over its budget."""
     jd = job_dir(settings, job_id)
     for d in (jd / "work", jd / "home", jd / "tmp", jd / "shm"):
         if d.exists() or d.is_symlink():
             _remove(d)
+    trim_cache(settings)
