@@ -335,6 +335,28 @@ def test_a_job_asking_more_memory_than_the_whole_budget_is_refused_at_submit(
     assert error_code(r, 422) == "invalid_spec" and "resources.memory" in r.json()["message"]
 
 
+def test_a_queued_job_the_budget_no_longer_holds_fails_instead_of_waiting_forever(
+    app: FastAPI, dispatcher: Scheduler, alice: Account
+) -> None:
+    """The QA repro: a 1 GiB job queued, then the operator lowered the budget to 512 MiB (a restart):
+    the job waited forever with no word. It now fails with reason `resources`, saying why."""
+    app.state.settings.compute_local_memory_bytes = GiB // 2
+    app.state.settings.compute_local_cpus = 2
+    too_big, too_many, fine = (
+        enqueue(app, alice, 1, memory=GiB)[0],
+        enqueue(app, alice, 1, memory=GiB // 4, cpus=3)[0],
+        enqueue(app, alice, 1, memory=GiB // 4)[0],
+    )
+    dispatcher._dispatch()
+    for job_id in (too_big, too_many):
+        job = job_row(app, job_id)
+        assert (job.status, job.reason) == ("failed", "resources"), job_id
+        assert "the local executor has 2 CPUs and 512.0 MiB for jobs in all" in job.message
+        log = (workspace.job_dir(app.state.settings, job_id) / "log").read_text()
+        assert f"job {job_id} failed: it asks" in log
+    assert job_row(app, fine).status == "running"
+
+
 # --- 4. a job's variables are its submitter's ---------------------------------------------------------------
 
 

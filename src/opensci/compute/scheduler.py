@@ -44,6 +44,7 @@ from opensci.compute.executors import Executor, ExecutorError, Observation, make
 from opensci.compute.executors.base import read_json
 from opensci.compute.models import Job, JobPhase, JobStatus
 from opensci.compute.service import local_cpus, local_memory, submitter_refusal
+from opensci.compute.shim import human_size
 from opensci.db import Database
 from opensci.db.base import utcnow
 from opensci.repos.gitstore import GitStore
@@ -168,9 +169,44 @@ class Scheduler:
         else:
             self._end(s, job, out, JobStatus.failed, reason="lost", message=why)
 
+    def _fail_what_never_fits(self, s: Session) -> None:
+        """Fail the queued local jobs that ask more CPUs or memory than the local executor has in all
+        (submissions are refused that; these were queued before the operator lowered the budget): they
+        would wait forever."""
+        cpus, memory = local_cpus(self.settings), local_memory(self.settings)
+        never = s.scalars(
+            select(Job).where(
+                Job.status == JobStatus.queued,
+                Job.executor == "local",
+                or_(Job.cpus > cpus, Job.memory_bytes > memory),
+            )
+        ).all()
+        for job in never:
+            message = (
+                f"it asks {job.cpus} CPUs and {human_size(job.memory_bytes)} of memory; the local executor "
+                f"has {cpus} CPUs and {human_size(memory)} for jobs in all (OPENSCI_COMPUTE_LOCAL_CPUS, "
+                "OPENSCI_COMPUTE_LOCAL_MEMORY_BYTES)"
+            )
+            failed = s.execute(
+                update(Job)
+                .where(Job.id == job.id, Job.status == JobStatus.queued)
+                .values(
+                    status=JobStatus.failed,
+                    phase=JobPhase.done,
+                    reason="resources",
+                    message=message,
+                    ended_at=utcnow(),
+                )
+            )
+            s.commit()
+            if failed.rowcount == 1:  # type: ignore[attr-defined]
+                with self._log(job.id) as out:
+                    workspace.note(out, f"job {job.id} failed: {message}")
+
     def _dispatch(self) -> None:
         claimed: list[int] = []
         with self.db.session() as s:
+            self._fail_what_never_fits(s)
             running = dict(
                 s.execute(
                     select(Job.submitter_id, func.count())
