@@ -561,3 +561,18 @@ def test_a_job_committing_its_outputs_can_no_longer_be_cancelled(
     assert error_code(r, 409) == "job_collecting"
     assert "outputs are being committed" in r.json()["message"]
     assert not job_row(app, late).cancel_requested
+
+
+def test_a_shim_killed_by_a_signal_reports_a_shell_style_exit_code(app: FastAPI, alice: Account) -> None:
+    """Exit codes are never negative (QA: -9 and -15 on cancelled jobs); a job cancelled before its
+    command ran has none."""
+    scheduler: Scheduler = app.state.scheduler
+    killed, cancelled = enqueue(app, alice, 2, memory=GiB, status="running")
+    with app.state.db.session() as s:
+        s.execute(update(Job).where(Job.id.in_([killed, cancelled])).values(claimed_by=scheduler.id))
+        s.execute(update(Job).where(Job.id == cancelled).values(cancel_requested=True))
+        s.commit()
+    scheduler._finish(killed, Observation("ended", reason="failed", detail="the shim exited", exit_code=-9))
+    scheduler._finish(cancelled, Observation("ended", reason="failed", exit_code=-15))
+    assert (job_row(app, killed).status, job_row(app, killed).exit_code) == ("failed", 137)
+    assert (job_row(app, cancelled).status, job_row(app, cancelled).exit_code) == ("cancelled", None)

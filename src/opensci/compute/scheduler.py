@@ -438,6 +438,10 @@ class Scheduler:
                     reason = seen.reason
                     status = {**status, "message": seen.detail or status.get("message", "")} if status else {}
                 exit_code = status.get("exit_code", seen.exit_code)
+                if exit_code is not None and exit_code < 0:  # the shim itself was killed by a signal
+                    exit_code = 128 - exit_code
+                if not status and (job.cancel_requested or reason == "cancelled"):
+                    exit_code = None  # cancelled before the shim ran the command (e.g. pending in Slurm)
                 job.exit_code = exit_code
                 job.usage = _usage(status)
                 if job.cancel_requested or reason == "cancelled":
