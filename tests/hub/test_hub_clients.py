@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+
+import httpx
 import pytest
+from fastapi import FastAPI
 
 from opensci.hub import api as hub_api
-from tests.conftest import Account
+from opensci.storage.store import BlobStore
+from tests.api_helpers import commit, create_repo
+from tests.conftest import Account, LiveServer
 from tests.hub.conftest import Run
+from tests.storage.test_corruption import chunk_locations, flip_byte
 
 
 @pytest.mark.parametrize("xet", [True, False], ids=["hf_xet-installed", "HF_HUB_DISABLE_XET"])
@@ -47,3 +55,23 @@ def test_datasets_push_to_hub_then_load_dataset(run_client: Run, alice: Account,
     proc = run_client("push_to_hub.py", alice.token, xet=xet, XET="1" if xet else "0")
     if xet:
         assert "set HF_HUB_DISABLE_XET=1 to push datasets (push_to_hub) to this server" in proc.stderr
+
+
+def test_a_damaged_file_fails_at_once_with_the_servers_message(
+    app: FastAPI, live_server: LiveServer, run_client: Run, alice: Account
+) -> None:
+    """Quarantined content answers 409 object_damaged, a status huggingface_hub does not retry (it retries
+    a 5xx HEAD five times, about 23 s, then says only "check your connection")."""
+    data = os.urandom(800_000)  # above lfs_threshold_bytes: kept in the blob store
+    with httpx.Client(base_url=live_server.url, headers=alice.headers, timeout=60) as c:
+        create_repo(c, alice, "fragile")
+        assert commit(c, alice, "alice/fragile", {"f.bin": data}).status_code == 201
+    blobs: BlobStore = app.state.blobs
+    flip_byte(blobs, chunk_locations(blobs, hashlib.sha256(data).hexdigest())[0][1])
+    assert not blobs.verify().ok  # the scrub quarantines it
+    run_client(
+        "damaged_file.py",
+        alice.token,
+        REPO="alice/fragile",
+        MESSAGE="is damaged and quarantined; uploading the file again repairs it",
+    )

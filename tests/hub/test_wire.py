@@ -4,9 +4,14 @@ pagination, resolve headers, and the streaming NDJSON reader."""
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi import FastAPI
@@ -131,13 +136,80 @@ def test_preupload_modes(client: TestClient, alice: Account, repo: str) -> None:
     r = client.post(
         f"/api/models/{repo}/preupload/main",
         json={"files": files, "gitIgnore": "logs/\n"},
-        headers=alice.headers,
+        headers={**alice.headers, "User-Agent": client_agents()[0]},
     )
     assert r.status_code == 200, r.text
     modes = {f["path"]: (f["uploadMode"], f["shouldIgnore"], f["oid"]) for f in r.json()["files"]}
     assert modes["small.txt"] == ("regular", False, None) and modes["big.bin"][0] == "lfs"
     assert modes["logs/x.log"][1] is True and len(modes[".gitattributes"][2]) == 40
     assert "HF_HUB_DISABLE_XET=1" in r.headers["x-hf-warning"]
+
+
+_AGENTS = """
+import datasets
+from huggingface_hub import HfApi
+
+for name, version in ((None, None), ("datasets", datasets.__version__)):
+    print(HfApi(token=False, library_name=name, library_version=version)._build_hf_headers()["user-agent"])
+"""
+
+
+@functools.cache
+def client_agents(disable_xet: bool = False) -> tuple[str, str]:
+    """The user agents huggingface_hub sends, alone and for the datasets library (push_to_hub), as their
+    own code builds them: in a fresh process, since huggingface_hub reads its environment at import."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+    if disable_xet:
+        env["HF_HUB_DISABLE_XET"] = "1"
+    proc = subprocess.run(
+        [sys.executable, "-c", _AGENTS], env=env, capture_output=True, text=True, timeout=120, check=True
+    )
+    plain, for_datasets = proc.stdout.splitlines()
+    return plain, for_datasets
+
+
+def test_the_xet_advice_goes_only_to_clients_that_would_try_xet(
+    client: TestClient, alice: Account, repo: str
+) -> None:
+    """The advice to set HF_HUB_DISABLE_XET=1 goes with a preupload answering "lfs" (a file over the
+    inline limit; for datasets, also what .gitattributes track) to huggingface_hub 1.20 or later, which
+    then sends those files over Xet. Not when every file goes inline, nor to earlier versions (the LFS
+    batch reply keeps them on Git LFS) or other clients. A client with Xet disabled sends the very same
+    request, so it cannot be spared the advice."""
+    plain, for_datasets = client_agents()
+    assert client_agents(disable_xet=True) == (plain, for_datasets)
+    version = plain.split("hf_hub/")[1].split(";")[0]
+    small = [{"path": "small.csv", "size": 10, "sample": ""}, {"path": "notes.txt", "size": 5, "sample": ""}]
+    large = [*small, {"path": "big.bin", "size": 2_000_000, "sample": ""}]
+    shard = [{"path": "data/train-00000-of-00001.parquet", "size": 3000, "sample": ""}]
+
+    def advice(agent: str, files: list[dict[str, Any]]) -> str | None:
+        r = client.post(
+            f"/api/models/{repo}/preupload/main",
+            json={"files": files},
+            headers={**alice.headers, "User-Agent": agent},
+        )
+        assert r.status_code == 200, r.text
+        return r.headers.get("x-hf-warning")
+
+    assert advice(plain, small) is None
+    assert advice(for_datasets, small) is None
+    assert (
+        advice(plain, large)
+        == "xet; set HF_HUB_DISABLE_XET=1 to upload files larger than 1 MB to this server"
+    )
+    assert "push_to_hub" in (advice(for_datasets, large) or "")
+    assert "push_to_hub" in (advice(for_datasets, shard) or "")  # goes to LFS, hence Xet, whatever its size
+    for old in ("1.19.0", "0.36.2"):
+        assert advice(plain.replace(f"hf_hub/{version}", f"hf_hub/{old}"), large) is None, old
+        assert advice(for_datasets.replace(f"hf_hub/{version}", f"hf_hub/{old}"), shard) is None, old
+    for other in (
+        "git-lfs/3.4.1 (GitHub; linux amd64; go 1.21.8)",
+        "python-httpx/0.28.1",
+        "my_hf_hub/2.0",
+        "",
+    ):
+        assert advice(other, large) is None, other
 
 
 def test_the_datasets_library_gets_lfs_for_paths_gitattributes_track(

@@ -140,7 +140,7 @@ def test_a_damaged_chunk_is_reported_quarantined_and_repaired_by_sending_it_agai
     flip_byte(app.state.blobs, loc)
     chunks = cut(data)
     hashes = [h for h, _ in chunks]
-    assert error_code(stream(up, size, ids(hashes)), 503) == "object_damaged"
+    assert error_code(stream(up, size, ids(hashes)), 409) == "object_damaged"
     assert up.missing(hashes).json()["missing"] == [digest.hex()]  # quarantined: asked for again
     up.send(frames([c for c in chunks if c[0] == digest.hex()]))
     assert stream(up, size, ids(hashes)).json()["oid"] == oid

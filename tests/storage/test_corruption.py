@@ -16,7 +16,7 @@ from opensci.db import Database
 from opensci.settings import Settings
 from opensci.storage.errors import ObjectDamaged
 from opensci.storage.index import ENTRY, Location, locate
-from opensci.storage.maintenance import verify
+from opensci.storage.maintenance import stats, verify
 from opensci.storage.packs import HEADER, pack_path
 from opensci.storage.store import BlobStore
 from tests.storage.conftest import random_bytes
@@ -90,15 +90,54 @@ def test_a_flipped_byte_is_refused_on_read_and_quarantined_by_verify(
     report_json = json.loads(result.stdout)
     assert report_json["ok"] is False and report_json["damaged_objects"] == 2
 
-    # Uploading the file again repairs it (and the other file that shared the chunk).
+    # Uploading the file again repairs it, and at once the other file that shared the chunk.
     store.put(io.BytesIO(data))
-    assert store.has(oid)
+    assert store.has(oid) and store.has(other_oid)
     assert b"".join(store.iter_range(oid)) == data
+    assert b"".join(store.iter_range(other_oid)) == other
     report = verify(store)
     assert report.ok, report
-    assert report.repaired_objects == 1  # `other` had only the now repaired chunk wrong
-    assert b"".join(store.iter_range(other_oid)) == other
+    assert report.repaired_objects == 0  # nothing left for the scrub to heal
     assert runner.invoke(cli, ["storage", "verify"]).exit_code == 0
+
+
+@pytest.mark.parametrize("repair", ["upload of one file", "the damaged chunk sent again"])
+def test_repairing_a_shared_chunk_heals_every_object_that_uses_it(
+    store: BlobStore, cli_env: Settings, repair: str
+) -> None:
+    """Three files share a chunk; a fourth shares it too but has a damaged chunk of its own. Once the
+    shared chunk is replaced by good bytes, the three are served again at once (no scrub needed), and
+    the fourth stays quarantined until its own chunk is repaired."""
+    shared = random_bytes(1_000_000, 40)
+    datas = [shared + random_bytes(400_000, 41 + i) for i in range(4)]
+    oids = [store.put(io.BytesIO(d)).oid for d in datas]
+    entries = chunk_locations(store, oids[0])
+    digest, loc = entries[2]  # inside the region all four share
+    assert all(digest in dict(chunk_locations(store, oid)) for oid in oids)
+    flip_byte(store, loc)
+    flip_byte(store, chunk_locations(store, oids[3])[-1][1])  # the fourth file's alone
+    assert runner.invoke(cli, ["storage", "verify"]).exit_code == 1
+    assert (stats(store).damaged_chunks, stats(store).damaged_objects) == (2, 4)
+
+    if repair == "upload of one file":
+        store.put(io.BytesIO(datas[1]))
+    else:  # what a chunk upload does (the SDK and the chunk API, after `missing_chunks` named it)
+        assert store.missing_chunks([digest]) == {digest}
+        start = sum(n.length for _, n in entries[:2])
+        assert store.put_chunk(digest, datas[0][start : start + loc.length])
+
+    s = stats(store)
+    assert (s.damaged_chunks, s.damaged_objects) == (1, 1), s
+    for oid, data in zip(oids[:3], datas[:3], strict=True):
+        assert store.has(oid)
+        assert b"".join(store.iter_range(oid)) == data
+    assert not store.has(oids[3])
+    result = runner.invoke(cli, ["storage", "stats"])
+    assert "objects: 4 " in result.output and ", 1 damaged" in result.output.splitlines()[0], result.output
+
+    store.put(io.BytesIO(datas[3]))  # repairs the fourth file's own chunk: now it is whole
+    assert store.has(oids[3]) and stats(store).damaged_objects == 0
+    assert verify(store).ok
 
 
 def test_verify_finds_damage_nobody_read_yet(store: BlobStore) -> None:

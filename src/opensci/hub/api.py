@@ -480,7 +480,8 @@ def preupload(
     if not isinstance(entries, list):
         raise InvalidInput('give the files as a "files" list', code="invalid_preupload")
     ignore = payload.get("gitIgnore")
-    lfs_first = hub.lfs_first(request.headers.get("user-agent", ""))
+    agent = request.headers.get("user-agent", "")
+    lfs_first = hub.lfs_first(agent)
     modes = hub.preupload(
         settings,
         g,
@@ -491,8 +492,10 @@ def preupload(
         lfs_by_attributes=lfs_first,
     )
     body = {"files": modes, "commitOid": str(commit.id) if commit is not None else None}
-    if any(m["uploadMode"] == "lfs" for m in modes):
-        # A client with hf_xet would now try Xet, which this server does not speak; the client logs this.
+    if any(m["uploadMode"] == "lfs" for m in modes) and hub.xet_capable(agent):
+        # Files over the inline limit (or, for the datasets library, tracked by .gitattributes): a client
+        # with Xet enabled now tries Xet, which this server does not speak, and fails without our error
+        # message; so it is told first (huggingface_hub logs this header once per process).
         return JSONResponse(body, headers={"X-HF-Warning": f"xet; {_xet_advice(settings, lfs_first)}"})
     return JSONResponse(body)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -405,6 +406,23 @@ def lfs_first(user_agent: str) -> bool:
     clients get "regular" up to `hub_regular_upload_max_bytes` whatever the attributes, so that a client
     with hf_xet, which sends every "lfs" file over Xet, works for them (see protocols/hf-hub.md, §7)."""
     return any(part.strip().startswith("datasets/") for part in user_agent.split(";"))
+
+
+# huggingface_hub from 1.20 sends every file preupload answers "lfs" over Xet when hf_xet is installed
+# (a default dependency) and HF_HUB_DISABLE_XET is not set; before, the LFS batch reply chose ("basic").
+XET_FIRST_VERSION = (1, 20)
+_HF_HUB_VERSION = re.compile(r"(?:^|;)\s*hf_hub/(\d+)\.(\d+)")
+
+
+def xet_capable(user_agent: str) -> bool:
+    """Whether the client may send "lfs" files over Xet, which this server does not speak: its user agent
+    names huggingface_hub 1.20 or later (`hf_hub/<version>`, also inside the datasets library's).
+
+    Whether such a client has Xet disabled cannot be told: huggingface_hub sends the same user agent and
+    the same preupload request with HF_HUB_DISABLE_XET=1 or without hf_xet (read in 2.4.0: the agent is
+    built from the library, hf_hub, python, torch and agent names only)."""
+    found = _HF_HUB_VERSION.search(user_agent)
+    return found is not None and (int(found[1]), int(found[2])) >= XET_FIRST_VERSION
 
 
 def _message(header: dict[str, Any]) -> str:

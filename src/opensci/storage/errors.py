@@ -51,10 +51,17 @@ class ObjectNotFound(NotFound):
 class ObjectDamaged(OpenSciError):
     """Stored bytes fail their checksum: the object is quarantined instead of served wrong.
 
-    A fresh upload of the same content repairs it; `opensci storage verify` lists what is damaged.
+    A fresh upload of the same content repairs it (as does any upload that sends its damaged chunks
+    again: every object they kept quarantined is healed at once); `opensci storage verify` lists what
+    is damaged.
+
+    409 (the stored object's state forbids serving it), not a 5xx: huggingface_hub retries 408, 429, 500,
+    502, 503 and 504 (a HEAD five times, about 23 s), though asking again never helps here. A 409 fails
+    at once with our message (X-Error-Message): the `hf` CLI prints it, and hf_hub_download's
+    LocalEntryNotFoundError ("check your connection", its text for any failed HEAD) has it as its cause.
     """
 
-    status, code = 503, "object_damaged"
+    status, code = 409, "object_damaged"
 
 
 class QuotaExceeded(OpenSciError):

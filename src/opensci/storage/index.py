@@ -159,11 +159,12 @@ _INSERT = (
 def insert_chunks(session: Session, rows: Sequence[ChunkRow], now: datetime) -> None:
     """Index newly written chunks (digest, pack, offset, length[, xxh3 check[, legacy]]). An existing
     healthy entry wins (the new copy becomes dead space); a damaged entry is repaired to point at the new
-    copy."""
+    copy, and the objects it kept quarantined are healed (see `heal_objects`)."""
     if not rows:
         return
     dialect = _dialect(session)
     when = _when(dialect, now)
+    repaired = damaged_chunks(session, [r[0] for r in rows])
     session.connection().exec_driver_sql(
         _sql(dialect, _INSERT),
         [
@@ -171,6 +172,45 @@ def insert_chunks(session: Session, rows: Sequence[ChunkRow], now: datetime) -> 
             for r in sorted(rows, key=lambda r: r[0])  # one lock order for concurrent writers
         ],
     )
+    if repaired:
+        heal_objects(session, repaired)
+
+
+def damaged_chunks(session: Session, digests: Sequence[bytes]) -> set[bytes]:
+    """Which of these chunks the index holds marked damaged."""
+    return {bytes(r[0]) for r in _select(session, "digest", "damaged = true AND", digests, BATCH)}
+
+
+def heal_objects(session: Session, repaired: set[bytes]) -> list[str]:
+    """Make ok again, in the caller's transaction, the quarantined objects whose manifest names one of
+    the `repaired` chunks (damaged, now healthy) and whose every chunk is now present and healthy; those
+    still missing a chunk or holding another damaged one stay quarantined. Returns the healed oids.
+
+    Runs only when a damaged chunk was repaired, and reads only the quarantined objects."""
+    candidates: list[tuple[str, set[bytes]]] = []
+    rows = session.execute(
+        select(StorageObject.oid, StorageObject.manifest)
+        .where(StorageObject.state == ObjectState.damaged)
+        .execution_options(yield_per=256)
+    )
+    for oid, manifest in rows:
+        digests = set(manifest_digests(manifest))
+        if not digests.isdisjoint(repaired):
+            candidates.append((oid, digests))
+    if not candidates:
+        return []
+    wanted: set[bytes] = set()
+    for _, digests in candidates:
+        wanted |= digests
+    healthy = present_chunks(session, list(wanted))
+    healed = sorted(oid for oid, digests in candidates if digests <= healthy)
+    for part in batched(healed):
+        session.execute(
+            update(StorageObject)
+            .where(StorageObject.oid.in_(part), StorageObject.state == ObjectState.damaged)
+            .values(state=ObjectState.ok)
+        )
+    return healed
 
 
 def _select(session: Session, columns: str, where: str, digests: Sequence[bytes], n: int) -> Iterator[Any]:

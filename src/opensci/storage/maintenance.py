@@ -147,7 +147,8 @@ def _object_states(store: BlobStore, good: set[bytes]) -> tuple[int, int, int, l
 
 def verify(store: BlobStore) -> VerifyReport:
     """Scrub: re-hash every indexed chunk, pack by pack in file order; quarantine damaged chunks and the
-    objects that use them (reads refuse them; a fresh upload of the same content repairs them)."""
+    objects that use them (reads refuse them; a fresh upload of the same content repairs them, and
+    writing a damaged chunk's good bytes heals every object it kept quarantined: `index.heal_objects`)."""
     report = VerifyReport()
     good: set[bytes] = set()
     with store.db.session() as session:
