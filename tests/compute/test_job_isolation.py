@@ -132,6 +132,33 @@ def test_jobs_have_no_privileges_and_no_memory_backed_scratch_space(
     assert files == "v\n1\n"
 
 
+USERNS = """\
+import ctypes, subprocess, threading
+libc = ctypes.CDLL(None, use_errno=True)
+print("unshare:", ctypes.get_errno() if libc.unshare(0x10000000) else "allowed")  # CLONE_NEWUSER
+tool = subprocess.run(["unshare", "-Ur", "id"], capture_output=True, text=True)
+print("unshare -Ur:", tool.returncode, tool.stderr.strip())
+done = []
+worker = threading.Thread(target=done.append, args=["thread ran"])
+worker.start()
+worker.join()
+print(done[0], subprocess.run(["sh", "-c", "echo child ran"], capture_output=True, text=True).stdout.strip())
+"""
+
+
+def test_jobs_cannot_make_user_namespaces(http: httpx.Client, alice: Account) -> None:
+    """The QA finding: a root server's jobs could make user namespaces (`unshare -Ur id` said root), which
+    open kernel interfaces an unprivileged user never reaches. A seccomp filter refuses them; threads and
+    child processes work as before."""
+    need_binary("bwrap")
+    code_repo(http, alice, "tool", {"try.py": USERNS})
+    done, text = run(http, alice, ["python", "try.py"])
+    assert done["status"] == "succeeded", (done, text)
+    assert "unshare: 1" in text, text  # EPERM
+    assert "unshare -Ur: 1" in text and "uid=0" not in text, text
+    assert "thread ran child ran" in text, text
+
+
 def test_cpu_time_is_the_commands_and_a_missing_program_exits_127(http: httpx.Client, alice: Account) -> None:
     code_repo(http, alice, "tool", SH)
     done, text = run(

@@ -29,6 +29,7 @@ import resource
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -674,6 +675,7 @@ def reap(args: list[str]) -> int:
             os.setgid(user[1])
             os.setuid(user[0])
         _no_new_privileges()
+        _no_user_namespaces()
         os.environ.clear()
         os.environ.update(env)  # the command's PATH is the one its program is looked up in
         pid = os.posix_spawnp(command[0], command, env, setsigdef=stops)
@@ -700,6 +702,64 @@ def _no_new_privileges() -> None:
     """prctl(PR_SET_NO_NEW_PRIVS): no set-user-id program can give the command more rights."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(38, 1, 0, 0, 0)
+
+
+# (audit arch, unshare, clone) of the machine's native and 32-bit system calls; clone3 is 435 on all.
+SYSCALLS = {
+    "x86_64": ((0xC000003E, 272, 56), (0x40000003, 310, 120)),
+    "aarch64": ((0xC00000B7, 97, 220), (0x40000028, 337, 120)),
+}
+CLONE_NEWUSER = 0x10000000
+
+
+def user_namespace_filter(machine: str) -> list[tuple[int, int, int, int]] | None:
+    """A seccomp program (classic BPF: code, jump if true, jump if false, value) that refuses to make user
+    namespaces: `unshare` or `clone` with CLONE_NEWUSER get EPERM; `clone3`, whose flags a filter cannot
+    read, gets ENOSYS (libc then uses `clone`), as do x32 calls; everything else is allowed. None for a
+    machine it does not know."""
+    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
+    allow, enosys, eperm = 0x7FFF0000, 0x00050000 | 38, 0x00050000 | 1
+    arches = SYSCALLS.get(machine)
+    if arches is None:
+        return None
+    program = [(ld, 0, 0, 4)]  # the call's architecture
+    for i, (audit, _, _) in enumerate(arches):  # to its block, or on
+        program.append((jeq, len(arches) - i + 10 * i, 0, audit))
+    program.append((ret, 0, 0, allow))  # a kind of call this filter does not know of
+    for _, unshare, clone in arches:
+        program += [
+            (ld, 0, 0, 0),  # the call's number
+            (jge, 6, 0, 0x40000000),  # x32: ENOSYS
+            (jeq, 5, 0, 435),  # clone3: ENOSYS
+            (jeq, 1, 0, unshare),
+            (jeq, 0, 2, clone),
+            (ld, 0, 0, 16),  # its first argument: the flags (low 32 bits)
+            (jset, 2, 0, CLONE_NEWUSER),
+            (ret, 0, 0, allow),
+            (ret, 0, 0, enosys),
+            (ret, 0, 0, eperm),
+        ]
+    return program
+
+
+def _no_user_namespaces() -> None:
+    """Install `user_namespace_filter` on this process and all it starts (no_new_privs is set): a user
+    namespace would give the job root-like rights over kernel interfaces it otherwise never reaches.
+    Raises OSError when the kernel refuses it (nothing is started then)."""
+    program = user_namespace_filter(os.uname().machine)
+    if program is None:
+        return
+    code = b"".join(struct.pack("=HBBI", *instruction) for instruction in program)
+    buffer = ctypes.create_string_buffer(code, len(code))
+
+    class Program(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    fprog = Program(len(program), ctypes.addressof(buffer))
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) != 0:  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+        err = ctypes.get_errno()
+        raise OSError(err, f"cannot forbid user namespaces (seccomp): {os.strerror(err)}")
 
 
 if __name__ == "__main__":
