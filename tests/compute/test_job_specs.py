@@ -358,6 +358,13 @@ CASES = [
         ("requirement 'numpy>=' is not valid: expected", "(at character 6)"),
     ),
     Case(
+        "a requirement with a line break",
+        fixed(requirement("numpy\n@ https://x/y.whl")),
+        422,
+        "invalid_spec",
+        ("one requirement a line",),
+    ),
+    Case(
         "git URL requirement",
         fixed(requirement("git+https://x/y")),
         422,

@@ -74,6 +74,11 @@ def check_requirements(requirements: list[str]) -> list[str]:
     out = []
     for line in requirements:
         text = line.strip()
+        if any(ord(c) < 32 or ord(c) == 127 for c in text):
+            raise InvalidInput(
+                f"requirement {text!r}: one requirement a line, without control characters",
+                code="invalid_spec",
+            )
         if text.startswith("-"):
             raise InvalidInput(f"requirement {text!r}: pip options are not allowed", code="invalid_spec")
         try:
