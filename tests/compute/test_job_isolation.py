@@ -172,6 +172,10 @@ def test_cpu_time_is_the_commands_and_a_missing_program_exits_127(http: httpx.Cl
     done, text = run(http, alice, ["no-such-program-here", "x"])
     assert done["status"] == "failed" and done["exit_code"] == 127, done
     assert "could not start the command" in done["message"] and "no-such-program-here" in text
+    # A file that is there but is no program: 126, as a shell says.
+    done, text = run(http, alice, ["./run.sh"])  # not executable
+    assert done["status"] == "failed" and done["exit_code"] == 126, (done, text)
+    assert "Permission denied" in done["message"], done
 
 
 def test_a_chatty_job_keeps_only_the_start_of_its_output(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import json
 import os
 import resource
@@ -525,7 +526,8 @@ class Run:
             if network is not None:
                 network.started()
                 network.close()
-            return self.could_not_start(f"could not start the command: {exc}", started, host)
+            message = f"could not start the command: {exc}"
+            return self.could_not_start(message, started, host, not_started_code(exc))
         finally:
             os.close(out_w)
             os.close(report_w)
@@ -569,7 +571,8 @@ class Run:
             group_cpu = self.cgroups.cpu_seconds()
             self.cgroups.remove()
         if reaped.get("error"):
-            return self.could_not_start(str(reaped["error"]), started, host)
+            code = int(reaped.get("exit_code", 127))
+            return self.could_not_start(str(reaped["error"]), started, host, code)
         if self.dropped:
             self.note(f"{human_size(self.dropped)} of output past the log's limit were not kept")
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -610,12 +613,12 @@ class Run:
         self.log.close()
         return 0
 
-    def could_not_start(self, message: str, started: float, host: str) -> int:
+    def could_not_start(self, message: str, started: float, host: str, code: int = 127) -> int:
         self.note(message)
         write_json(
             self.job_dir / "status.json",
             {
-                "exit_code": 127,
+                "exit_code": code,
                 "reason": "failed",
                 "message": message,
                 "started_at": started,
@@ -627,6 +630,12 @@ class Run:
         )
         self.log.close()
         return 0
+
+
+def not_started_code(exc: OSError) -> int:
+    """The shell's exit code for a command that could not start: 126 when its program is there but cannot
+    be run (not executable, not a program), 127 when it is not found."""
+    return 126 if exc.errno in (errno.EACCES, errno.ENOEXEC, errno.EPERM, errno.EISDIR) else 127
 
 
 def _report(fd: int) -> dict[str, Any]:
@@ -680,8 +689,9 @@ def reap(args: list[str]) -> int:
         os.environ.update(env)  # the command's PATH is the one its program is looked up in
         pid = os.posix_spawnp(command[0], command, env, setsigdef=stops)
     except OSError as exc:
-        os.write(fd, json.dumps({"error": f"could not start the command: {exc}"}).encode())
-        return 127
+        code = not_started_code(exc)
+        os.write(fd, json.dumps({"error": f"could not start the command: {exc}", "exit_code": code}).encode())
+        return code
     _, status, usage = os.wait4(pid, 0)
     code = os.waitstatus_to_exitcode(status)
     report = {
