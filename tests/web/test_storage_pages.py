@@ -70,6 +70,7 @@ def test_storage_api_reports_use_and_admins_set_quotas(
             "limit_bytes": None,
             "available_bytes": None,
             "objects": 1,
+            "pending_bytes": 0,
         }
         assert c.get("/api/v1/owners/alice/storage", headers=bob.headers).status_code == 403
         assert (
