@@ -597,29 +597,21 @@ class Run:
         return 0
 
     def ended_before_start(self, started: float, host: str) -> int:
-        write_json(
-            self.job_dir / "status.json",
-            {
-                "exit_code": None,
-                "reason": self.reason,
-                "message": self.message,
-                "started_at": started,
-                "ended_at": time.time(),
-                "host": host,
-                "cpu_seconds": 0.0,
-                "max_rss_bytes": 0,
-            },
-        )
-        self.log.close()
-        return 0
+        return self._never_ran(None, self.reason, self.message, started, host)
 
     def could_not_start(self, message: str, started: float, host: str, code: int = 127) -> int:
         self.note(message)
+        return self._never_ran(code, "failed", message, started, host)
+
+    def _never_ran(
+        self, code: int | None, reason: str | None, message: str, started: float, host: str
+    ) -> int:
+        """Record the end of a job whose command never ran (status.json), and close the log."""
         write_json(
             self.job_dir / "status.json",
             {
                 "exit_code": code,
-                "reason": "failed",
+                "reason": reason,
                 "message": message,
                 "started_at": started,
                 "ended_at": time.time(),
