@@ -528,3 +528,19 @@ def test_two_concurrent_uploads_of_the_same_object_both_succeed(
     assert r.status_code == 201, r.text
     raw = client.get(f"{API}/repos/alice/race/raw/main/f.bin", headers=alice.headers)
     assert raw.content == data
+
+
+def test_garbage_collection_ends_what_unfinished_uploads_count(
+    app: FastAPI, client: TestClient, alice: Account, up: Uploader
+) -> None:
+    """QA: `opensci storage gc --grace 0` removed the chunks of a failed upload, yet they still counted
+    against the quota; what gc collects stops counting."""
+    from opensci.storage.gc import gc
+
+    set_quota(app, "data", 4 * MiB)
+    assert up.send(frames(cut(random_bytes(MiB, 17)))).status_code == 200
+    usage = storage_of(client, alice)
+    assert (usage["pending_bytes"], usage["available_bytes"]) == (MiB, 3 * MiB)
+    gc(app.state.blobs, [], grace=0)
+    usage = storage_of(client, alice)
+    assert (usage["pending_bytes"], usage["available_bytes"]) == (0, 4 * MiB)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -334,3 +335,36 @@ def test_a_manifest_making_more_than_announced_is_refused_before_reading(
     r = up.assemble("0" * 64, LIMIT, [name] * 320)
     assert error_code(r, 422) == "size_mismatch"
     assert reads == []
+
+
+# --- quotas hold under concurrent batches ---------------------------------------------------------------
+
+
+def test_batches_sent_at_once_never_take_an_owner_past_its_quota(
+    app: FastAPI, live_server: LiveServer, alice: Account, repo: str, pools: CountingBuffers
+) -> None:
+    """The QA repro: 24 batches of one 900,000-byte chunk each, sent at once to an owner with a 1 MB
+    quota: 12 were stored (10.8 MB), as each checked the quota before any had counted. The check and the
+    count are now one conditional update: one batch fits, the others are 413, nothing else is stored."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from opensci.accounts.models import Owner
+    from opensci.storage import quota
+
+    owner_id = alice.user.id
+    with app.state.db.session() as session:
+        quota.set_limit(session, session.get(Owner, owner_id), 1_000_000)
+        session.commit()
+    batches = [frames(cut(random_bytes(900_000, 100 + i))) for i in range(24)]
+
+    def send(body: bytes) -> int:
+        headers = {**alice.headers, "Content-Type": "application/octet-stream"}
+        url = f"{live_server.url}{uploads(repo, 'chunks')}"
+        return httpx.post(url, content=body, headers=headers, timeout=60).status_code
+
+    with ThreadPoolExecutor(24) as pool:
+        statuses = list(pool.map(send, batches))
+    assert sorted(statuses) == [200] + [413] * 23, statuses
+    with app.state.db.session() as session:
+        assert quota.pending(session, app.state.settings, owner_id) == 900_000
+    assert stats(app.state.blobs).chunk_bytes < 1_000_000

@@ -333,18 +333,21 @@ async def put_chunks(
             if not chunks:
                 raise InvalidInput("the batch holds no chunks", code="empty_batch")
             received = len(chunks)
-            new_bytes = 0
+            reserved = 0
             if limited:
-                new_bytes = await run_in_threadpool(_room_for, session, settings, blobs, owner_id, chunks)
+                reserved = await run_in_threadpool(_reserve, session, settings, blobs, owner_id, chunks)
             release = None if buffer is None else functools.partial(_buffers.give, buffer)
             handed = release is not None
             held = len(buffer) if buffer is not None else 0
-            stored = await run_in_threadpool(
-                functools.partial(blobs.put_chunks, chunks, release=release, held=held)
-            )
+            stored_bytes = 0
+            try:
+                stored, stored_bytes = await run_in_threadpool(
+                    functools.partial(blobs.put_chunks_counted, chunks, release=release, held=held)
+                )
+            finally:
+                if reserved > stored_bytes:  # stored meanwhile by another upload, or not at all
+                    await run_in_threadpool(_release, session, owner_id, reserved - stored_bytes)
             del chunks, body
-            if new_bytes:
-                await run_in_threadpool(quota.add_pending, session, settings, owner_id, new_bytes)
         except ClientDisconnect:  # the client gave up before the batch was whole: nothing was stored
             return Response(status_code=400)
         finally:
@@ -353,24 +356,33 @@ async def put_chunks(
     return ChunksStored(received=received, stored=stored)
 
 
-def _room_for(
+def _reserve(
     session: Session,
     settings: Settings,
     blobs: BlobStore,
     owner_id: str,
     chunks: list[tuple[bytes, memoryview]],
 ) -> int:
-    """The bytes of the batch's chunks the store lacks, once sure the owner's quota has room for them."""
+    """Count the bytes of the batch's chunks the store lacks against the owner's quota (QuotaExceeded if
+    they do not fit); returns them."""
     distinct = {digest: len(data) for digest, data in chunks}
     absent = blobs.missing_chunks([digest.hex() for digest in distinct])
     new_bytes = sum(size for digest, size in distinct.items() if digest.hex() in absent)
     try:
         holder = session.get(Owner, owner_id)
-        if holder is not None:
-            quota.check_chunks(session, settings, holder, new_bytes)
+        if holder is None:
+            return 0
+        quota.reserve_chunks(session, settings, holder, new_bytes)
     finally:
         session.close()
     return new_bytes
+
+
+def _release(session: Session, owner_id: str, size: int) -> None:
+    try:
+        quota.release_chunks(session, owner_id, size)
+    finally:
+        session.close()
 
 
 def _missing_reply(exc: MissingChunks) -> JSONResponse:

@@ -23,7 +23,7 @@ from sqlalchemy import bindparam, case, delete, exists, func, select, update
 from opensci.db.base import utcnow
 from opensci.storage import index
 from opensci.storage.index import check_oid, manifest_digests
-from opensci.storage.models import RepoObject, StorageChunk, StorageObject, StoragePack
+from opensci.storage.models import RepoObject, StorageChunk, StorageObject, StoragePack, StoragePending
 from opensci.storage.packs import (
     HEADER,
     PACK_HEADER,
@@ -86,6 +86,12 @@ def gc(
                 session.commit()
             report.objects_deleted += len(gone)
             report.object_bytes += sum(sizes[o] for o in gone)
+
+    # Unfinished uploads older than the grace period no longer count against quotas: their chunks go now.
+    if not dry_run:
+        with store.db.session() as session:
+            session.execute(update(StoragePending).where(StoragePending.updated_at < cutoff).values(size=0))
+            session.commit()
 
     # 2. Chunks that no remaining object lists.
     live: set[bytes] = set()

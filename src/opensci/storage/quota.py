@@ -5,8 +5,9 @@ counts for each (deduplication is the platform's saving, not a way around anothe
 
 Chunks uploaded for a file come before the file: while an owner has a quota, the bytes of new chunks its
 uploads stored and no file of its holds yet count too (`StoragePending`), so that chunk batches alone
-cannot fill the disk. A file the owner comes to hold settles them; they lapse after the garbage
-collector's grace period, when the chunks no file holds are collected.
+cannot fill the disk. A file the owner comes to hold settles them (by its size: chunks the owner did not
+upload itself are not told apart); they lapse an hour after the owner's last batch (or the garbage
+collector's grace period, if shorter), and garbage collection removes the chunks no file holds.
 """
 
 from __future__ import annotations
@@ -95,47 +96,52 @@ def pending(session: Session, settings: Settings, owner_id: str) -> int:
     return row.size
 
 
+# Chunks of an upload that never became a file stop counting after this long (or the gc grace period if
+# it is shorter): an upload that failed, over the quota say, does not keep its owner from the next one
+# for a day; garbage collection removes the chunks themselves.
+PENDING_SECONDS = 3600
+
+
 def _lapsed(settings: Settings):  # type: ignore[no-untyped-def]
-    return utcnow() - timedelta(seconds=settings.storage_gc_grace_seconds)
+    return utcnow() - timedelta(seconds=min(PENDING_SECONDS, settings.storage_gc_grace_seconds))
 
 
-def check_chunks(session: Session, settings: Settings, owner: Owner, new_bytes: int) -> None:
-    """Raise QuotaExceeded if `new_bytes` more of new chunks, with what the owner holds and its uploads
-    not yet in a file, would take it past its quota."""
+def reserve_chunks(session: Session, settings: Settings, owner: Owner, new_bytes: int) -> None:
+    """Count `new_bytes` of chunks about to be stored for the owner's uploads, if they fit its quota with
+    what it holds and its unfinished uploads; else raise QuotaExceeded. The check and the count are one
+    conditional update, so batches arriving at once cannot together pass the quota. Commits."""
     limit = limit_for(session, settings, owner.id)
     if limit is None or new_bytes <= 0:
         return
     used = usage(session, settings, owner.id).used_bytes
-    waiting = pending(session, settings, owner.id)
-    if used + waiting + new_bytes > limit:
+    now, lapsed = utcnow(), _lapsed(settings)
+    if session.get(StoragePending, owner.id) is None:
+        try:
+            with session.begin_nested():
+                session.add(StoragePending(owner_id=owner.id, size=0, updated_at=now))
+        except IntegrityError:  # another batch of the owner's made it first
+            pass
+    current = case((StoragePending.updated_at < lapsed, 0), else_=StoragePending.size)
+    counted = session.execute(
+        update(StoragePending)
+        .where(StoragePending.owner_id == owner.id, current + new_bytes + used <= limit)
+        .values(size=current + new_bytes, updated_at=now)
+    )
+    session.commit()
+    if counted.rowcount != 1:  # type: ignore[attr-defined]
+        waiting = pending(session, settings, owner.id)
         raise QuotaExceeded(
             f"{owner.name} uses {used:,} of its {limit:,}-byte storage quota and its unfinished uploads hold "
             f"{waiting:,} bytes more; these {new_bytes:,} bytes of chunks do not fit. Nothing of this batch "
-            "was stored; delete files or repositories, or ask the operator for a larger quota"
+            "was stored; unfinished uploads stop counting an hour after their last chunk"
         )
 
 
-def add_pending(session: Session, settings: Settings, owner_id: str, new_bytes: int) -> None:
-    """Count `new_bytes` of chunks just stored for the owner's uploads. Commits."""
-    if new_bytes <= 0:
-        return
-    now = utcnow()
-    grow = (
-        update(StoragePending)
-        .where(StoragePending.owner_id == owner_id)
-        .values(
-            size=case((StoragePending.updated_at < _lapsed(settings), 0), else_=StoragePending.size)
-            + new_bytes,
-            updated_at=now,
-        )
-    )
-    if session.execute(grow).rowcount == 0:  # type: ignore[attr-defined]
-        try:
-            with session.begin_nested():
-                session.add(StoragePending(owner_id=owner_id, size=new_bytes, updated_at=now))
-        except IntegrityError:  # another batch of the owner's counted first
-            session.execute(grow)
-    session.commit()
+def release_chunks(session: Session, owner_id: str, size: int) -> None:
+    """Count `size` fewer bytes of unfinished uploads (reserved, then not stored). Commits."""
+    if size > 0:
+        settle_pending(session, owner_id, size)
+        session.commit()
 
 
 def settle_pending(session: Session, owner_id: str, size: int) -> None:

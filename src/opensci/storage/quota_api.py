@@ -23,12 +23,15 @@ class StorageUsageOut(BaseModel):
         description="Bytes of the distinct blob store objects the owner's repositories hold."
     )
     limit_bytes: int | None = Field(description="The quota in bytes; null means unlimited.")
-    available_bytes: int | None
+    available_bytes: int | None = Field(
+        description="What the quota still holds: the limit less what is used and what unfinished uploads "
+        "hold; null when unlimited."
+    )
     objects: int
     pending_bytes: int = Field(
         0,
         description="Bytes of chunks the owner's unfinished uploads stored, counted against the quota until "
-        "a file holds them (they lapse after the garbage collector's grace period).",
+        "a file holds them (they stop counting an hour after the owner's last chunk batch).",
     )
 
 
@@ -45,13 +48,15 @@ def may_see_usage(actor: Actor, owner: Owner) -> bool:
 
 def usage_out(session: Session, settings: Settings, owner: Owner) -> StorageUsageOut:
     u = quota.usage(session, settings, owner.id)
+    waiting = quota.pending(session, settings, owner.id) if u.limit_bytes is not None else 0
+    available = u.available_bytes
     return StorageUsageOut(
         owner=owner.name,
         used_bytes=u.used_bytes,
         limit_bytes=u.limit_bytes,
-        available_bytes=u.available_bytes,
+        available_bytes=None if available is None else max(0, available - waiting),
         objects=u.objects,
-        pending_bytes=quota.pending(session, settings, owner.id) if u.limit_bytes is not None else 0,
+        pending_bytes=waiting,
     )
 
 

@@ -347,15 +347,26 @@ class BlobStore:
         memory a little while for the manifest that names them next (see `recent`), and `release` is
         called once the buffer may be reused (perhaps before this returns); `held` is the buffer's size,
         what keeping it costs."""
+        return self.put_chunks_counted(chunks, release=release, held=held)[0]
+
+    def put_chunks_counted(
+        self,
+        chunks: Iterable[tuple[str | bytes, bytes | memoryview]],
+        *,
+        release: Callable[[], None] | None = None,
+        held: int = 0,
+    ) -> tuple[int, int]:
+        """`put_chunks`, answering how many chunks were new and how many bytes they hold."""
         try:
             new = self._put_chunks(chunks)
         except BaseException:
             if release is not None:
                 release()
             raise
+        stored = sum(len(data) for _, data in new)
         if release is not None:
             self.recent.keep(new, release, held)
-        return len(new)
+        return len(new), stored
 
     def _put_chunks(self, chunks: Iterable[tuple[str | bytes, bytes | memoryview]]) -> list[Chunk]:
         checked: dict[bytes, memoryview] = {}
