@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 
 import httpx
 import pytest
@@ -58,7 +59,7 @@ def test_datasets_push_to_hub_then_load_dataset(run_client: Run, alice: Account,
 
 
 def test_a_damaged_file_fails_at_once_with_the_servers_message(
-    app: FastAPI, live_server: LiveServer, run_client: Run, alice: Account
+    app: FastAPI, live_server: LiveServer, run_client: Run, alice: Account, tmp_path: Path
 ) -> None:
     """Quarantined content answers 409 object_damaged, a status huggingface_hub does not retry (it retries
     a 5xx HEAD five times, about 23 s, then says only "check your connection")."""
@@ -69,9 +70,12 @@ def test_a_damaged_file_fails_at_once_with_the_servers_message(
     blobs: BlobStore = app.state.blobs
     flip_byte(blobs, chunk_locations(blobs, hashlib.sha256(data).hexdigest())[0][1])
     assert not blobs.verify().ok  # the scrub quarantines it
+    original = tmp_path / "f.bin"
+    original.write_bytes(data)
     run_client(
         "damaged_file.py",
         alice.token,
         REPO="alice/fragile",
         MESSAGE="is damaged and quarantined; uploading the file again repairs it",
+        ORIGINAL=str(original),
     )

@@ -351,11 +351,14 @@ def stored(session: Session, blobs: BlobStore, repo: Repository, view: FileView)
 def content_git_id(session: Session, blobs: BlobStore, repo: Repository, view: FileView) -> str | None:
     """The git blob id the content of an LFS file would have as a regular file (what Hugging Face
     clients compare before re-sending a file inline), read from the blob store; None if not stored."""
-    if view.lfs is None or not stored(session, blobs, repo, view):
-        return None
-    digest = hashlib.sha1(f"blob {view.lfs.size}\0".encode(), usedforsecurity=False)
-    for block in blobs.iter_range(view.lfs.oid):
-        digest.update(block)
+    try:
+        if view.lfs is None or not stored(session, blobs, repo, view):
+            return None
+        digest = hashlib.sha1(f"blob {view.lfs.size}\0".encode(), usedforsecurity=False)
+        for block in blobs.iter_range(view.lfs.oid):
+            digest.update(block)
+    except ObjectDamaged:
+        return None  # unknown: the client sends the file again, which repairs it
     return digest.hexdigest()
 
 

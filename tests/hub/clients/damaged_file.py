@@ -2,7 +2,11 @@
 fail at once, not after the client's retries, and what they show holds the server's message, not only
 the client's "check your connection".
 
-Environment: HF_ENDPOINT, HF_TOKEN, REPO (holding f.bin, damaged), MESSAGE (a part of the server's)."""
+Then, as the message says, uploading the file again (upload_file) repairs it: the preupload does not
+stumble on the damaged content it would compare the file with.
+
+Environment: HF_ENDPOINT, HF_TOKEN, REPO (holding f.bin, damaged), MESSAGE (a part of the server's),
+ORIGINAL (a path to the file's right content)."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import sys
 import time
 import traceback
 
-from huggingface_hub import hf_hub_download
+from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
 repo, message = os.environ["REPO"], os.environ["MESSAGE"]
@@ -43,4 +47,9 @@ cli = subprocess.run(
 took = time.monotonic() - start
 assert cli.returncode != 0 and took < FAST + 5, (cli.returncode, took)
 assert message in cli.stderr + cli.stdout, cli.stderr
+
+original = os.environ["ORIGINAL"]
+HfApi().upload_file(path_or_fileobj=original, path_in_repo="f.bin", repo_id=repo)
+with open(hf_hub_download(repo, "f.bin", force_download=True), "rb") as got, open(original, "rb") as want:
+    assert got.read() == want.read(), "the repaired file differs"
 print("ALL OK")
