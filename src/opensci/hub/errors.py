@@ -20,8 +20,15 @@ class XetNotSupported(OpenSciError):
     status, code = 501, "xet_not_supported"
 
 
+_TYPOGRAPHY = str.maketrans(  # ellipsis, curly quotes, dash
+    {"\u2026": "...", "\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2014": "-"}
+)
+
+
 def _header_safe(message: str) -> str:
-    return " ".join(message.encode("ascii", "backslashreplace").decode().split())[:1000]
+    """The message as one line of ASCII (a header's): typography plainly, other characters escaped."""
+    plain = message.translate(_TYPOGRAPHY)
+    return " ".join(plain.encode("ascii", "backslashreplace").decode().split())[:1000]
 
 
 def _hf_code(exc: OpenSciError) -> str | None:

@@ -33,6 +33,7 @@ except LocalEntryNotFoundError as exc:  # the client's class for any failed HEAD
     assert isinstance(cause, HfHubHTTPError), repr(cause)
     assert cause.response.status_code == 409, cause.response.status_code
     assert message in cause.response.headers["X-Error-Message"], cause.response.headers
+    assert "\\u" not in cause.response.headers["X-Error-Message"], "typography came through escaped"
     assert message in str(cause), str(cause)
     printed = "".join(traceback.format_exception(exc))  # what an uncaught error shows
     assert message in printed, printed
