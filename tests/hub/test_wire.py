@@ -196,7 +196,8 @@ def test_the_xet_advice_goes_only_to_clients_that_would_try_xet(
     assert advice(for_datasets, small) is None
     assert (
         advice(plain, large)
-        == "xet; set HF_HUB_DISABLE_XET=1 to upload files larger than 1 MB to this server"
+        == "xet; set HF_HUB_DISABLE_XET=1 to upload files larger than 1 MB to this server (unless it is set "
+        "already)"
     )
     assert "push_to_hub" in (advice(for_datasets, large) or "")
     assert "push_to_hub" in (advice(for_datasets, shard) or "")  # goes to LFS, hence Xet, whatever its size

@@ -496,7 +496,8 @@ def preupload(
         # Files over the inline limit (or, for the datasets library, tracked by .gitattributes): a client
         # with Xet enabled now tries Xet, which this server does not speak, and fails without our error
         # message; so it is told first (huggingface_hub logs this header once per process).
-        return JSONResponse(body, headers={"X-HF-Warning": f"xet; {_xet_advice(settings, lfs_first)}"})
+        advice = f"xet; {_xet_advice(settings, lfs_first)} (unless it is set already)"
+        return JSONResponse(body, headers={"X-HF-Warning": advice})
     return JSONResponse(body)
 
 
