@@ -132,6 +132,11 @@ def gc(
         f"{'would compact' if dry_run else 'compacted'} {report.packs_compacted} packs"
     )
     typer.echo(f"{'would reclaim' if dry_run else 'reclaimed'} {_size(report.bytes_reclaimed)} on disk")
+    if report.packs_skipped:
+        typer.echo(
+            f"{report.packs_skipped} packs left as they are: in use by a writer (a running server; run gc "
+            "again later) or holding damaged chunks (see `opensci storage verify`)"
+        )
     typer.echo(f"{'would release' if dry_run else 'released'} {released} unreferenced objects from quotas")
     for error in report.errors:
         typer.echo(f"warning: {error}", err=True)
