@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -576,3 +577,52 @@ def test_a_shim_killed_by_a_signal_reports_a_shell_style_exit_code(app: FastAPI,
     scheduler._finish(cancelled, Observation("ended", reason="failed", exit_code=-15))
     assert (job_row(app, killed).status, job_row(app, killed).exit_code) == ("failed", 137)
     assert (job_row(app, cancelled).status, job_row(app, cancelled).exit_code) == ("cancelled", None)
+
+
+LEVEL = """\
+import os, signal, subprocess, sys, time
+depth = int(sys.argv[1])
+if depth < 3:  # bubblewrap, its pid 1, the reaper: TERM is not theirs (the reaper ignores it)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if depth == 2:
+        time.sleep(1.0)  # the reaper has not started the command yet when the cancel comes
+
+    def command_defaults():  # as the reaper starts it: TERM at its default, here held until handled
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    child = [sys.executable, __file__, str(depth + 1), sys.argv[2]]
+    sys.exit(subprocess.call(child, preexec_fn=command_defaults if depth == 2 else None))
+signal.signal(signal.SIGTERM, lambda *_: (open(sys.argv[2], "w").write("got TERM"), sys.exit(0)))
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+time.sleep(30)
+"""
+
+
+def test_a_cancel_before_the_reaper_starts_the_command_reaches_it_once_it_runs(tmp_path: Path) -> None:
+    """QA round 5: in a sandbox, a TERM sent before the reaper had started the command reached only the
+    reaper (which ignores it); the command ran on until KILL 3 s later, without its grace period. The
+    watcher now sends the TERM again until it reaches the command."""
+    import subprocess
+    import threading as th
+
+    script = tmp_path / "level.py"
+    script.write_text(LEVEL)
+    _shim_job(tmp_path / "job", ["true"], sandboxed=True, kill_grace=10)
+    run = shim.Run(tmp_path / "job")
+    got = tmp_path / "got"
+    run.proc = subprocess.Popen([sys.executable, str(script), "0", str(got)], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while len(shim.tree(run.proc.pid)[0]) < 3:  # bubblewrap, its pid 1 and the reaper are up
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        run.stop("cancelled", "cancelled (SIGTERM): stopping the job")
+        assert not run.delivered
+        watcher = th.Thread(target=run.watch, daemon=True)
+        watcher.start()
+        assert run.proc.wait(timeout=9) == 0  # the command saved and ended within its grace period
+        assert got.read_text() == "got TERM" and run.delivered
+    finally:
+        shim.signal_tree(run.proc.pid, signal.SIGKILL)
+        run.proc.wait()

@@ -118,18 +118,29 @@ def signal_tree(root: int, sig: int) -> None:
             os.kill(pid, sig)
 
 
-def signal_job(root: int, sig: int, *, sandboxed: bool) -> None:
-    """Send `sig` to a job's tree. In a sandbox, a signal other than KILL spares bubblewrap itself (`root`
-    and its pid-1 child): bubblewrap dies of a TERM and takes the sandbox down with it (SIGKILL, as it runs
-    with --die-with-parent), which would leave the command no grace period to save its work."""
+def signal_job(root: int, sig: int, *, sandboxed: bool) -> bool:
+    """Send `sig` to a job's tree; whether it reached the command (it may not have started yet).
+
+    In a sandbox, a signal other than KILL spares bubblewrap itself (`root` and its pid-1 child):
+    bubblewrap dies of a TERM and takes the sandbox down with it (SIGKILL, as it runs with
+    --die-with-parent), which would leave the command no grace period to save its work. Below them the
+    reaper ignores it; the command and its children get it."""
     if not sandboxed or sig == signal.SIGKILL:
         signal_tree(root, sig)
-        return
-    bubblewrap = {root} | {pid for pid, (ppid, _, _) in _processes().items() if ppid == root}
-    for pid in tree(root)[0]:
-        if pid not in bubblewrap:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
+        return True
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in _processes().items():
+        children.setdefault(ppid, []).append(pid)
+    reached = False
+    level, depth = [root], 0  # 0: bubblewrap, 1: its pid 1, 2: the reaper, 3 and more: the command's
+    while level:
+        if depth >= 2:
+            for pid in level:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, sig)
+                    reached = reached or depth >= 3
+        level, depth = [c for pid in level for c in children.get(pid, ())], depth + 1
+    return reached
 
 
 CGROUPS_FILE = "cgroups.json"  # in the job directory: the job's control groups, while they exist
@@ -389,9 +400,10 @@ class Run:
         self.reason: str | None = None
         self.message = ""
         self.stop_at: float | None = None
+        self.delivered = False  # the stop's TERM reached the command
         self.peak = 0
         self.cpu = 0.0  # CPU seconds of the tree as last seen (used when the reaper could not report)
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # also taken by the signal handler, which may interrupt its holder
         self.proc: subprocess.Popen[bytes] | None = None
         self.cgroups: Cgroups | None = None
 
@@ -407,8 +419,17 @@ class Run:
             self.reason, self.message = reason, message
             self.stop_at = time.monotonic() + float(self.spec.get("kill_grace", 3))
         self.note(message)
-        if self.proc is not None:
-            signal_job(self.proc.pid, signal.SIGTERM, sandboxed=bool(self.spec.get("sandboxed")))
+        self.terminate()
+
+    def terminate(self) -> None:
+        """TERM to the command once it runs (in a sandbox the reaper may not have started it yet: the
+        watcher asks again each tick); the grace period before KILL runs from then."""
+        with self.lock:
+            if self.proc is None or self.delivered:
+                return
+            if signal_job(self.proc.pid, signal.SIGTERM, sandboxed=bool(self.spec.get("sandboxed"))):
+                self.delivered = True
+                self.stop_at = time.monotonic() + float(self.spec.get("kill_grace", 3))
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.stop("cancelled", f"cancelled ({signal.Signals(signum).name}): stopping the job")
@@ -432,6 +453,8 @@ class Run:
                 )
             elif now > deadline:
                 self.stop("timeout", f"time limit of {self.spec['time_limit']} s reached; stopping the job")
+            if self.reason is not None and not self.delivered:
+                self.terminate()
             if self.stop_at is not None and now > self.stop_at:
                 signal_tree(self.proc.pid, signal.SIGKILL)
             time.sleep(TICK)
@@ -532,7 +555,7 @@ class Run:
             os.close(out_w)
             os.close(report_w)
         if self.reason is not None:  # the cancel came while the command was being started
-            signal_job(self.proc.pid, signal.SIGTERM, sandboxed=bool(self.spec.get("sandboxed")))
+            self.terminate()
         if network is not None:
             network.started()
             try:
