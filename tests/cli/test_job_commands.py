@@ -209,6 +209,8 @@ def test_bad_flags_and_bad_job_files_queue_nothing(
         (*base, "--output", "alice/results@", "--", "x"): "nothing after '@'",
         (*base, "--memory", "lots", "--", "x"): "'lots' is not a size",
         (*base, "--time-limit", "soon", "--", "x"): "'soon' is not a duration",
+        (*base, "--time-limit", "9" * 400 + "h", "--", "x"): "positive whole number of seconds",
+        (*base, "--memory", "\u0663G", "--", "x"): "is not a size",  # an Arabic-Indic 3: not a digit here
         (*base, "--env", "NOVALUE", "--", "x"): "is not KEY=VALUE",
         (*base, "--cpus", "0", "--", "x"): "--cpus",
         (*base, "--priority", "500", "--", "x"): "--priority",

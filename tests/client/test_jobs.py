@@ -227,6 +227,9 @@ def test_errors_are_typed_with_hints_and_queue_nothing(
     with pytest.raises(ValidationError) as local:
         sdk.submit_job(code="alice/counter", command="x", time_limit="soon")
     assert local.value.code == "invalid_spec" and local.value.status == 0  # refused before sending
+    with pytest.raises(ValidationError) as huge:  # an infinite float (QA: OverflowError)
+        sdk.submit_job(code="alice/counter", command="x", time_limit="9" * 400 + "h")
+    assert huge.value.code == "invalid_spec" and huge.value.status == 0
     with pytest.raises(NotFoundError) as missing:
         sdk.submit_job(code="alice/nothing", command="x")
     assert missing.value.code == "repo_not_found"

@@ -658,6 +658,13 @@ CASES = [
         ("resources.memory", "at most 1024T"),
     ),
     Case(
+        "memory in Arabic-Indic digits",
+        fixed(resources(memory="\u0663G")),
+        422,
+        "invalid_spec",
+        ("resources.memory", "is not a size"),
+    ),
+    Case(
         "memory 400 nines of gigabytes (an infinite float)",
         fixed(resources(memory="9" * 400 + "G")),
         422,

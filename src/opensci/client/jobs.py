@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import copy
+import math
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -27,9 +28,9 @@ if TYPE_CHECKING:
 
 RESOURCE_FIELDS = ("cpus", "memory", "time_limit", "gpus")
 ENV_FIELDS = ("requirements", "variables", "network")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(d|h|m|s)", re.IGNORECASE)
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(d|h|m|s)", re.IGNORECASE)
 _SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-_SIZE = re.compile(r"^\s*\d+(?:\.\d+)?\s*(?:[kmgt]i?)?b?\s*$", re.IGNORECASE)
+_SIZE = re.compile(r"^\s*[0-9]+(?:\.[0-9]+)?\s*(?:[kmgt]i?)?b?\s*$", re.IGNORECASE)
 
 
 def _invalid(message: str) -> ValidationError:
@@ -44,9 +45,9 @@ def parse_duration(value: int | float | str) -> int:
         seconds = value
     else:
         text = value.strip().lower()
-        if re.fullmatch(r"\d+", text):
+        if re.fullmatch(r"[0-9]+", text):
             seconds = int(text)
-        elif re.fullmatch(r"\d+(:\d{1,2}){1,2}", text):
+        elif re.fullmatch(r"[0-9]+(:[0-9]{1,2}){1,2}", text):
             seconds = 0
             for part in text.split(":"):
                 seconds = seconds * 60 + int(part)
@@ -54,7 +55,7 @@ def parse_duration(value: int | float | str) -> int:
             seconds = sum(float(n) * _SECONDS[u] for n, u in _DURATION_PART.findall(text))
         else:
             raise _invalid(f"{value!r} is not a duration; write seconds or e.g. 90s, 45m, 1h30m, 2d")
-    if seconds <= 0 or int(seconds) != seconds:
+    if not math.isfinite(seconds) or seconds <= 0 or int(seconds) != seconds:
         raise _invalid(f"a time limit must be a positive whole number of seconds, not {value!r}")
     return int(seconds)
 

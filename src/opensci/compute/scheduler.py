@@ -183,7 +183,8 @@ class Scheduler:
         ).all()
         for job in never:
             message = (
-                f"it asks {job.cpus} CPUs and {human_size(job.memory_bytes)} of memory; the local executor "
+                f"it asks {job.cpus} CPU{'s' if job.cpus != 1 else ''} and {human_size(job.memory_bytes)} of "
+                "memory; the local executor "
                 f"has {cpus} CPUs and {human_size(memory)} for jobs in all (OPENSCI_COMPUTE_LOCAL_CPUS, "
                 "OPENSCI_COMPUTE_LOCAL_MEMORY_BYTES)"
             )

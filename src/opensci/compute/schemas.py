@@ -25,7 +25,7 @@ INPUT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 REPO_NAME = re.compile(r"^[^/\s\x00-\x1f\x7f]+/[^/\s\x00-\x1f\x7f]+$")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _POWERS = {"k": 1, "m": 2, "g": 3, "t": 4}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*$", re.IGNORECASE)
+_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]i?)?b?\s*$", re.IGNORECASE)
 
 # Linux refuses an exec whose arguments and environment together pass ARG_MAX (2 MiB by default, less
 # with a small stack limit) and any one string over 128 KiB: a spec stays far below both.

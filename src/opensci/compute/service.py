@@ -117,6 +117,8 @@ def submit(
     _check_queue_room(actor.user, session, settings)
     res = spec.resources
     memory = res.memory if isinstance(res.memory, int) else settings.compute_default_memory_bytes
+    if not isinstance(res.memory, int) and executor == "local":  # a default never asks the impossible
+        memory = min(memory, local_memory(settings))
     max_memory = settings.compute_max_memory_bytes or (machine_memory() if executor == "local" else 0)
     if max_memory and memory > max_memory:
         raise _bad(f"resources.memory: at most {max_memory} bytes may be asked for here")

@@ -167,7 +167,7 @@ def _live_context(
         "job": data,
         "final": job.final,
         "provenance": Markup(provenance_svg(data)),
-        "can_cancel": may_cancel and not job.final,
+        "can_cancel": may_cancel and not job.final and job.phase != "collecting",
         **FORMAT,
     }
 
