@@ -535,7 +535,8 @@ def test_the_cgroups_of_a_killed_shim_are_removed_by_the_executor(tmp_path: Path
     groups = shim.Cgroups.make(f"opensci-test-{os.getpid()}", 2**30, 64)
     assert groups is not None, "this root server could not make control groups"
     dirs = list(dict.fromkeys(groups.dirs.values()))
-    (tmp_path / shim.CGROUPS_FILE).write_text(json.dumps([str(d) for d in dirs]))
+    recorded = {"dirs": {c: str(d) for c, d in groups.dirs.items()}, "v2": groups.v2}
+    (tmp_path / shim.CGROUPS_FILE).write_text(json.dumps(recorded))
     shim.remove_leftover_cgroups(tmp_path)
     assert not any(d.exists() for d in dirs)
     assert not (tmp_path / shim.CGROUPS_FILE).exists()

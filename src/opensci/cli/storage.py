@@ -223,7 +223,6 @@ def quota_command(
             quota.set_limit(session, row, new)
             session.commit()
         u = quota.usage(session, store.settings, row.id)
-        waiting = quota.pending(session, store.settings, row.id) if u.limit_bytes is not None else 0
     if json_output:
         print_json(
             {
@@ -231,10 +230,10 @@ def quota_command(
                 "used_bytes": u.used_bytes,
                 "limit_bytes": u.limit_bytes,
                 "objects": u.objects,
-                "pending_bytes": waiting,
+                "pending_bytes": u.pending_bytes,
             }
         )
         return
     cap = "unlimited" if u.limit_bytes is None else _size(u.limit_bytes)
-    unfinished = f"; unfinished uploads hold {_size(waiting)} more" if waiting else ""
+    unfinished = f"; unfinished uploads hold {_size(u.pending_bytes)} more" if u.pending_bytes else ""
     typer.echo(f"{row.name}: {_size(u.used_bytes)} used of {cap} ({u.objects} objects){unfinished}")

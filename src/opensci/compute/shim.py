@@ -149,10 +149,11 @@ CGROUPS_FILE = "cgroups.json"  # in the job directory: the job's control groups,
 def remove_leftover_cgroups(job_dir: Path) -> None:
     """Remove the control groups a shim that was killed could not remove itself (their processes gone)."""
     try:
-        dirs = json.loads((job_dir / CGROUPS_FILE).read_text())
-    except (OSError, ValueError):
+        recorded = json.loads((job_dir / CGROUPS_FILE).read_text())
+        groups = Cgroups({c: Path(d) for c, d in recorded["dirs"].items()}, v2=bool(recorded["v2"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return
-    Cgroups({str(i): Path(d) for i, d in enumerate(dirs)}, v2=False).remove()
+    groups.remove()
     with contextlib.suppress(OSError):
         (job_dir / CGROUPS_FILE).unlink()
 
@@ -521,8 +522,8 @@ class Run:
             if self.cgroups is None:
                 self.note("cgroups: not available here; memory is limited by what the processes show")
             else:
-                dirs = [str(d) for d in dict.fromkeys(self.cgroups.dirs.values())]
-                write_json(self.job_dir / CGROUPS_FILE, dirs)  # for the executor, should this be killed
+                recorded = {"dirs": {c: str(d) for c, d in self.cgroups.dirs.items()}, "v2": self.cgroups.v2}
+                write_json(self.job_dir / CGROUPS_FILE, recorded)  # for the executor, should this be killed
         network = Network(**self.spec["network"]) if self.spec.get("network") else None
         pass_fds = (report_w,) if REPORT_FD in self.spec["argv"] else ()
         if network is not None:

@@ -33,10 +33,13 @@ class Usage:
     used_bytes: int
     limit_bytes: int | None  # None: unlimited
     objects: int
+    pending_bytes: int = 0  # of unfinished uploads (counted only while there is a limit)
 
     @property
     def available_bytes(self) -> int | None:
-        return None if self.limit_bytes is None else max(0, self.limit_bytes - self.used_bytes)
+        if self.limit_bytes is None:
+            return None
+        return max(0, self.limit_bytes - self.used_bytes - self.pending_bytes)
 
 
 def _held(owner_id: str):  # type: ignore[no-untyped-def]
@@ -53,7 +56,9 @@ def _held(owner_id: str):  # type: ignore[no-untyped-def]
 def usage(session: Session, settings: Settings, owner_id: str) -> Usage:
     held = _held(owner_id)
     used, count = session.execute(select(func.coalesce(func.sum(held.c.size), 0), func.count())).one()
-    return Usage(int(used), limit_for(session, settings, owner_id), int(count))
+    limit = limit_for(session, settings, owner_id)
+    waiting = pending(session, settings, owner_id) if limit is not None else 0
+    return Usage(int(used), limit, int(count), waiting)
 
 
 def limit_for(session: Session, settings: Settings, owner_id: str) -> int | None:

@@ -48,15 +48,13 @@ def may_see_usage(actor: Actor, owner: Owner) -> bool:
 
 def usage_out(session: Session, settings: Settings, owner: Owner) -> StorageUsageOut:
     u = quota.usage(session, settings, owner.id)
-    waiting = quota.pending(session, settings, owner.id) if u.limit_bytes is not None else 0
-    available = u.available_bytes
     return StorageUsageOut(
         owner=owner.name,
         used_bytes=u.used_bytes,
         limit_bytes=u.limit_bytes,
-        available_bytes=None if available is None else max(0, available - waiting),
+        available_bytes=u.available_bytes,
         objects=u.objects,
-        pending_bytes=waiting,
+        pending_bytes=u.pending_bytes,
     )
 
 
