@@ -187,6 +187,7 @@ def run(work: Path, size: int, runs: int, workers: int, uploads: int) -> None:
             [str(BIN / "opensci"), *a], env=env, check=True, capture_output=True, text=True
         ).stdout
 
+    os.environ["OPENSCI_CACHE_DIR"] = str(work / "cache")  # the SDK's fingerprints of its uploads
     opensci("demo", "seed")
     token = opensci("token", "create", "--user", "admin", "--scope", "write").strip().splitlines()[-1]
     proc = subprocess.Popen(

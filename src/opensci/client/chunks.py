@@ -23,6 +23,7 @@ import os
 import queue
 import struct
 import threading
+from array import array
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, CancelledError, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
@@ -34,6 +35,7 @@ from blake3 import blake3
 from pyfastcdc import FastCDC
 
 from opensci.client.errors import OpenSciError, TransferError
+from opensci.client.fingerprints import BlockPrints, Fingerprint, Reuse
 
 if TYPE_CHECKING:
     from opensci.client.client import Client
@@ -50,6 +52,7 @@ BATCH_BYTES = 16 * 1024 * 1024  # chunk bytes per request (the server takes up t
 MISSING_BATCH = 50_000  # chunk hashes per `missing` question (the server takes up to 100,000)
 WORKERS = 4  # batches in flight at once
 ASK_BATCHES = 4  # one `missing` question per this many batches' worth of new chunks
+REGION_CHUNKS = 512  # the manifest goes out at least every this many chunks (about 32 MiB)
 FRAME = struct.Struct(">32sI")  # a chunk's frame in a batch: its name, length of the bytes that follow
 PIECE_BYTES = 256 * 1024  # a batch body is sent in writes of about this size
 
@@ -69,10 +72,15 @@ class FileChunks:
     hashes: list[str]
     offsets: list[int]
     lengths: list[int]
+    prints: bytes = b""  # the prints of its blocks (see `fingerprints`)
 
     def unique(self) -> list[str]:
         """The distinct chunk hashes, in order of first appearance."""
         return list(dict.fromkeys(self.hashes))
+
+    def fingerprint(self) -> Fingerprint:
+        """What `fingerprints` keeps of the file once it is uploaded."""
+        return Fingerprint(self.oid, self.size, self.prints, _ids(self.hashes), array("I", self.lengths))
 
 
 def new_chunker() -> FastCDC:
@@ -130,6 +138,7 @@ class _Cutter:
         self.hashes: list[str] = []
         self.offsets: list[int] = []
         self.lengths: list[int] = []
+        self.prints = BlockPrints()
 
     def __iter__(self) -> Iterator[list[tuple[str, int, int]]]:
         if self._thread is not None:
@@ -142,6 +151,7 @@ class _Cutter:
         with open(self.path, "rb", buffering=0) as fh:
             while True:
                 n = _readinto_full(fh, view[carry : carry + READ_BLOCK])
+                self.prints.update(view[carry : carry + n])
                 eof = n < READ_BLOCK
                 end = carry + n
                 data = view[:end]
@@ -171,15 +181,16 @@ class _Cutter:
     def finish(self) -> FileChunks:
         """The file's chunks and sha256 (without `whole`, an empty oid), once every chunk was taken
         (TransferError if the file changed meanwhile)."""
+        prints = self.prints.digest()
         if self._thread is None:
-            return FileChunks(self.path, "", self.size, self.hashes, self.offsets, self.lengths)
+            return FileChunks(self.path, "", self.size, self.hashes, self.offsets, self.lengths, prints)
         self._thread.join()
         if "error" in self._whole:
             raise self._whole["error"]  # type: ignore[misc]
         if self._whole["size"] != self.size:
             raise TransferError(f"{self.path} changed while it was being read; upload it again")
         return FileChunks(
-            self.path, str(self._whole["oid"]), self.size, self.hashes, self.offsets, self.lengths
+            self.path, str(self._whole["oid"]), self.size, self.hashes, self.offsets, self.lengths, prints
         )
 
     def abandon(self) -> None:
@@ -325,11 +336,11 @@ class _Manifest:
     goes on: the chunk ids of each part of the file, in order, released once the batches carrying that
     part's new chunks are acknowledged (stored). The server reads and hashes the file as they come."""
 
-    def __init__(self, client: Client, repo: str, size: int) -> None:
+    def __init__(self, client: Client, repo: str, size: int, base: str | None = None) -> None:
         self._queue: queue.Queue[tuple[bytes, list[Future[None]]] | BaseException | None] = queue.Queue()
         self._reply: dict[str, object] = {}
         self._thread = threading.Thread(
-            target=self._post, args=(client, repo, size), name="opensci-manifest", daemon=True
+            target=self._post, args=(client, repo, size, base), name="opensci-manifest", daemon=True
         )
         self._thread.start()
 
@@ -360,22 +371,25 @@ class _Manifest:
                 batch.result()  # its chunks are stored (or the stream fails with it)
             yield ids
 
-    def _post(self, client: Client, repo: str, size: int) -> None:
+    def _post(self, client: Client, repo: str, size: int, base: str | None) -> None:
         try:
-            self._reply.update(post_manifest(client, repo, size, self._body()))
+            self._reply.update(post_manifest(client, repo, size, self._body(), base=base))
         except BaseException as exc:
             self._reply["error"] = exc
 
 
-def post_manifest(client: Client, repo: str, size: int, body: bytes | Iterator[bytes]) -> dict[str, object]:
+def post_manifest(
+    client: Client, repo: str, size: int, body: bytes | Iterator[bytes], *, base: str | None = None
+) -> dict[str, object]:
     """Send a file's manifest (its chunk ids, 32 raw bytes each, in order) to be assembled and hashed by
-    the server: its reply, `{"oid", "size"}`."""
+    the server: its reply, `{"oid", "size"}`. `base`: the sha256 of the file of the repository this one
+    replaces, so the server hashes only from the first chunk that differs."""
     url = client.api_path(repo, "uploads", "manifests")
     timeout = httpx.Timeout(client.timeout, read=None)  # the stream lasts as long as the upload
     reply = client.request(
         "POST",
         url,
-        params={"size": size},
+        params={"size": size, **({"base": base} if base else {})},
         content=body,
         headers={"Content-Type": "application/octet-stream"},
         timeout=timeout,
@@ -401,6 +415,7 @@ def upload_path(
     batch_bytes: int | None = None,
     on_hashed: Hashed | None = None,
     on_sent: Sent | None = None,
+    like: Fingerprint | None = None,
 ) -> tuple[FileChunks, int]:
     """Upload a file with the chunk protocol in one pass: the chunks of each part of the file are asked
     about and sent while the rest is still being cut and hashed, and the manifest is streamed to the
@@ -411,13 +426,20 @@ def upload_path(
     bytes sent (frames included).
 
     `on_sent(file_bytes, wire_bytes)`: the file bytes the server had already (with 0 sent) as each part
-    is asked about, then one call per batch sent; the file bytes add up to the file's size."""
+    is asked about, then one call per batch sent; the file bytes add up to the file's size.
+
+    `like`: the fingerprint of the file this one replaces, as uploaded from here (see `fingerprints`):
+    the old chunks of unchanged regions are named without being cut again or asked about, and the server
+    resumes its hash at the first change."""
     limit = batch_bytes or BATCH_BYTES
     ask_bytes = limit * ASK_BATCHES  # new chunks per question (and per part of the manifest)
     url = client.api_path(repo, "uploads", "chunks")
     timeout = httpx.Timeout(client.timeout, read=max(client.timeout, 300.0))
     before = _identity(path)
-    cutter = _Cutter(path, on_hashed, whole=False)
+    cutter: _Cutter | Reuse = (
+        _Cutter(path, on_hashed, whole=False) if like is None else Reuse(path, like, new_chunker, MAX_SIZE)
+    )
+    known = cutter.known if isinstance(cutter, Reuse) else set()  # chunks the server holds
     asked: set[str] = set()
     group: dict[str, tuple[int, int]] = {}  # new hashes not asked about yet → (offset, length)
     group_bytes = 0
@@ -455,7 +477,7 @@ def upload_path(
         finally:
             slots.release()
 
-    manifest = _Manifest(client, repo, before[0])
+    manifest = _Manifest(client, repo, before[0], like.oid if like is not None else None)
     stop = threading.Event()
     with (
         ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="opensci-upload") as pool,
@@ -512,13 +534,15 @@ def upload_path(
             for block in cutter:
                 for h, off, n in block:
                     region.append(h)
-                    if h in asked:
+                    if h in asked or h in known:
                         repeats += n
                         continue
                     asked.add(h)
                     group[h] = (off, n)
                     group_bytes += n
-                if group_bytes >= ask_bytes:
+                if isinstance(cutter, Reuse) and on_hashed is not None:
+                    on_hashed(sum(n for _, _, n in block))
+                if group_bytes >= ask_bytes or len(region) >= REGION_CHUNKS:
                     flush()
             flush()
             wait(questions, return_when=FIRST_EXCEPTION)
@@ -534,7 +558,10 @@ def upload_path(
             cutter.abandon()
             manifest.abort(exc)
             raise
-    fc = cutter.finish()
+    if isinstance(cutter, Reuse):
+        fc = FileChunks(path, "", cutter.size, cutter.hashes, cutter.offsets, cutter.lengths, cutter.prints)
+    else:
+        fc = cutter.finish()
     if _identity(path) != before or fc.size != before[0]:
         manifest.abort(TransferError("the file changed"))
         raise TransferError(f"{path} changed while it was being uploaded; upload it again")

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from opensci.client import chunks
+from opensci.client import chunks, fingerprints
 from opensci.client.errors import TransferError, ValidationError
 from opensci.client.types import Download, TreeEntry, UploadResult
 
@@ -250,9 +250,13 @@ def upload(
         fields.append(("parent_commit", parent_commit))
     fields += [("delete", _deleted(path)) for path in delete or []]
     for f in big:
-        fc, _ = chunks.upload_path(client, repo, f.local, workers=workers, on_hashed=hashed, on_sent=advance)
+        like = fingerprints.load(client.url, repo, f.path_in_repo)
+        fc, _ = chunks.upload_path(
+            client, repo, f.local, workers=workers, on_hashed=hashed, on_sent=advance, like=like
+        )
         if fc.size != f.size:
             raise TransferError(f"{f.local} changed while it was being uploaded; upload it again")
+        fingerprints.save(client.url, repo, f.path_in_repo, fc.fingerprint())
         pointer = {"path": f.path_in_repo, "oid": fc.oid, "size": fc.size}
         fields.append(("lfs", json.dumps(pointer)))
 

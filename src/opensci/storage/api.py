@@ -59,7 +59,7 @@ from opensci.storage import files, quota
 from opensci.storage.errors import MissingChunks, UploadTimeout
 from opensci.storage.index import check_oid, chunk_digest
 from opensci.storage.packs import MAX_CHUNK
-from opensci.storage.readback import ContentReader
+from opensci.storage.readback import Base, ContentReader
 from opensci.storage.store import BlobStore
 
 router = APIRouter(prefix="/api/v1", tags=["storage"])
@@ -455,6 +455,7 @@ def _commit_streamed(
     expected: str | None,
 ) -> ObjectOut:
     repo = _writable(actor, session, *where)  # again: the stream may have lasted hours
+    reader.end()
     if not reader.missing:
         oid = reader.hexdigest()
         if not files.holds(session, repo.id, oid) and not quota.owner_holds(session, repo.owner_id, oid):
@@ -488,6 +489,15 @@ async def stream_manifest(
     oid: Annotated[
         str | None, Query(description="The file's sha256, if the client knows it: checked, not trusted.")
     ] = None,
+    base: Annotated[
+        str | None,
+        Query(
+            description="The sha256 of a file of this repository that the new one may start like (the "
+            "file it replaces): while the manifest names that file's chunks in its order, the server "
+            "reads nothing and resumes its hash at the first change. A hint: ignored if the repository "
+            "does not hold that file."
+        ),
+    ] = None,
 ) -> ObjectOut | Response:
     """Assemble a file from stored chunks named by a manifest streamed while the file is uploaded: the
     body is the chunks' names (32 raw bytes each), in file order, each sent once its chunk is stored.
@@ -495,8 +505,13 @@ async def stream_manifest(
     when it ends; it answers with the file's sha256 (checked against `oid` when given) and records that
     the repository holds it, within its owner's quota (413 `quota_exceeded`). A manifest naming more
     bytes than `size` is refused before they are read (422 `size_mismatch`); a stream that pauses for
-    more than `MANIFEST_STALL` seconds, 408 `upload_timeout`."""
-    await run_in_threadpool(_writable, actor, session, owner, name)
+    more than `MANIFEST_STALL` seconds, 408 `upload_timeout`. With `base`, the sha256 of a file this
+    repository holds that the new one starts like, the chunks they share at their start are not read:
+    the hash resumes from the base's last checkpoint before the first chunk that differs."""
+    repo = await run_in_threadpool(_writable, actor, session, owner, name)
+    like = check_oid(base) if base is not None else None
+    if like is not None and not await run_in_threadpool(files.holds, session, repo.id, like):
+        like = None
     session.close()  # the stream lasts as long as the upload: hold no connection meanwhile
     expected = check_oid(oid) if oid is not None else None
     if size > settings.max_upload_bytes:
@@ -505,7 +520,10 @@ async def stream_manifest(
             "bytes, OPENSCI_MAX_UPLOAD_BYTES)"
         )
     async with _streams.hold(1):
-        return await _read_manifest(request, session, settings, blobs, actor, (owner, name), size, expected)
+        start = await run_in_threadpool(blobs.base, like) if like is not None else None
+        return await _read_manifest(
+            request, session, settings, blobs, actor, (owner, name), size, expected, start
+        )
 
 
 async def _next_part(parts: AsyncIterator[bytes]) -> bytes | None:
@@ -531,8 +549,11 @@ async def _read_manifest(
     where: tuple[str, str],
     size: int,
     expected: str | None,
+    start: Base | None = None,
 ) -> ObjectOut | Response:
     reader = blobs.content_reader(expected or "", size)
+    if start is not None:
+        reader.start_like(start)
     parts = request.stream()
     try:
         pending = bytearray()

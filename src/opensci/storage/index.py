@@ -21,6 +21,7 @@ from opensci.storage.chunking import MIN_SIZE
 from opensci.storage.models import ObjectState, StorageChunk, StorageObject, StoragePack
 
 ENTRY = struct.Struct(">32sI")  # one manifest entry: chunk digest, chunk length
+CHECKPOINT = struct.Struct(">I112s")  # chunks hashed so far, the sha256 state after them (see sha256)
 BATCH = 500  # hashes per IN (...) list
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -66,6 +67,13 @@ def encode_manifest(entries: Iterable[tuple[bytes, int]]) -> bytes:
 
 def decode_manifest(manifest: bytes) -> list[tuple[bytes, int]]:
     return list(ENTRY.iter_unpack(manifest))
+
+
+def decode_checkpoints(checkpoints: bytes) -> list[tuple[int, bytes]]:
+    """An object's sha256 checkpoints, in manifest order (ValueError if the record is damaged)."""
+    if len(checkpoints) % CHECKPOINT.size:
+        raise ValueError("sha256 checkpoints of a wrong length")
+    return list(CHECKPOINT.iter_unpack(checkpoints))
 
 
 def manifest_digests(manifest: bytes) -> Iterator[bytes]:
@@ -271,7 +279,9 @@ def keep_object(session: Session, oid: str, now: datetime) -> bool:
     return bool(result.rowcount)
 
 
-def upsert_object(session: Session, oid: str, size: int, manifest: bytes, now: datetime) -> None:
+def upsert_object(
+    session: Session, oid: str, size: int, manifest: bytes, now: datetime, checkpoints: bytes | None = None
+) -> None:
     """Make an object visible with this manifest (or repair a damaged one: replacing what is there; see
     `keep_object` for an object already stored healthy). The caller has made sure that every chunk of
     `manifest` is durable, indexed and healthy, in this same transaction."""
@@ -280,6 +290,7 @@ def upsert_object(session: Session, oid: str, size: int, manifest: bytes, now: d
         size=size,
         chunk_count=len(manifest) // ENTRY.size,
         manifest=manifest,
+        checkpoints=checkpoints,
         state=ObjectState.ok,
         created_at=now,
         touched_at=now,
@@ -290,6 +301,7 @@ def upsert_object(session: Session, oid: str, size: int, manifest: bytes, now: d
             "touched_at": now,
             "state": ObjectState.ok,
             "manifest": stmt.excluded.manifest,
+            "checkpoints": stmt.excluded.checkpoints,
             "chunk_count": stmt.excluded.chunk_count,
         },
     )

@@ -71,6 +71,10 @@ class StorageObject(Base):
     chunk_count: Mapped[int] = mapped_column(Integer)
     # Concatenated entries of 36 bytes: the chunk's name (digest), then its length (4 bytes, big-endian).
     manifest: Mapped[bytes] = mapped_column(LargeBinary)
+    # The sha256 state at chunk boundaries about every 4 MiB (index.CHECKPOINT entries), so an upload
+    # that starts like this object hashes only from its first change on (see readback.Base); None for
+    # objects stored by a server that could not save states, or written whole (`BlobStore.put`).
+    checkpoints: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
     state: Mapped[ObjectState] = mapped_column(String(8), default=ObjectState.ok)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Last upload or commit of this content: young objects survive garbage collection (grace period).

@@ -20,7 +20,6 @@ may pause for minutes between parts.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import mmap
 import os
 from collections.abc import Iterator, Sequence
@@ -31,15 +30,33 @@ from typing import TYPE_CHECKING
 from opensci.errors import InvalidInput
 from opensci.storage.chunking import MIN_SIZE
 from opensci.storage.errors import DigestMismatch, ObjectDamaged
-from opensci.storage.index import ENTRY, Location
+from opensci.storage.index import CHECKPOINT, ENTRY, Location, decode_checkpoints
 from opensci.storage.packs import ALIGN, HEADER, check_chunk, open_direct, pack_path
 from opensci.storage.reader import _executor
+from opensci.storage.sha256 import Sha256
 
 if TYPE_CHECKING:
     from opensci.storage.store import BlobStore
 
 SPAN_BYTES = 8 * 1024 * 1024  # most record bytes read at once
 BUFFER_BYTES = SPAN_BYTES + 2 * ALIGN  # a span, widened to whole blocks at both ends
+CHECKPOINT_BYTES = 4 * 1024 * 1024  # the least content between two saved sha256 states
+
+
+@dataclass(frozen=True)
+class Base:
+    """A stored object that a new one may start like (the file an upload replaces): its manifest and
+    its sha256 checkpoints. While a streamed manifest names the base's chunks in the base's order, the
+    reader reads nothing; at the first other chunk it resumes the hash from the base's last
+    checkpoint before it (chunk names are BLAKE3 hashes of the bytes, so the same names in the same
+    order are the same content, with the same sha256 state)."""
+
+    oid: str
+    manifest: bytes
+    checkpoints: bytes
+
+    def __post_init__(self) -> None:
+        decode_checkpoints(self.checkpoints)  # ValueError for a damaged record
 
 
 class _Moved(Exception):
@@ -110,13 +127,14 @@ class _Packs:
 
     def __init__(self, store: BlobStore) -> None:
         self.store = store
+        self.direct = store.direct_io
         self.fds: dict[str, int] = {}
 
     def fd(self, pack_id: str) -> int:
         fd = self.fds.get(pack_id)
         if fd is None:
             path = pack_path(self.store.packs_dir, pack_id)
-            direct = open_direct(path, os.O_RDONLY) if self.store.direct_io else None
+            direct = open_direct(path, os.O_RDONLY) if self.direct else None
             fd = direct if direct is not None else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             self.fds[pack_id] = fd
         return fd
@@ -146,10 +164,17 @@ class ContentReader:
         self.missing: dict[bytes, None] = {}
         self._manifest = bytearray()  # the manifest so far, encoded (ENTRY per chunk)
         self._short: tuple[bytes, int] | None = None  # the last chunk, if shorter than MIN_SIZE
-        self._whole = hashlib.sha256()
+        self._whole = Sha256()
+        self._checkpoints = bytearray()  # CHECKPOINT entries: chunk count, sha256 state after it
+        self._saved_at = 0  # content hashed when the last checkpoint was taken
+        self._base: Base | None = None
+        self.resumed_at = 0  # bytes of content whose hash came from the base's checkpoint, not read
+        self._matched = 0  # leading chunks of the manifest that are the base's, not read yet
         self._packs = _Packs(store)
         self._buffers: list[mmap.mmap] = []
         self._joined: bytearray | None = None  # a span's chunk bytes, back to back
+        self._joined_next: bytearray | None = None  # the other one, while the first is being hashed
+        self._hashing: tuple[Future[None], int] | None = None  # a span's hash in flight, chunks after it
 
     def __enter__(self) -> ContentReader:
         return self
@@ -158,12 +183,69 @@ class ContentReader:
         self.close()
 
     def hexdigest(self) -> str:
+        self.end()
         return self._whole.hexdigest()
 
     @property
     def manifest(self) -> bytes:
         """The manifest fed so far, encoded as the index stores it."""
+        self.end()
         return bytes(self._manifest)
+
+    @property
+    def checkpoints(self) -> bytes | None:
+        """The sha256 states saved at chunk boundaries about every CHECKPOINT_BYTES (see `Base`), or
+        None where states cannot be saved (see `sha256`)."""
+        self.end()
+        return bytes(self._checkpoints) if self._whole.state() is not None else None
+
+    def start_like(self, base: Base) -> None:
+        """Before the first feed: the object may start with the chunks of `base` (see `Base`)."""
+        if self._manifest or self._matched:
+            raise RuntimeError("start_like comes before the first feed")
+        self._base = base
+        # The old chunks after the change were read before (by downloads, or by this server when they
+        # were stored): through the page cache they come from memory, or with the kernel's read-ahead.
+        self._packs.direct = False
+
+    def end(self) -> None:
+        """The manifest is complete: hash what the base's chunks left unread, and wait for the hash."""
+        if self._base is not None:
+            try:
+                self._resume(self._matched)
+            finally:
+                self._free()
+        self._wait_hash()
+
+    def _hashed(self, chunks: int) -> None:
+        """Content was hashed up to the end of chunk `chunks`: save the state if the last saved is far
+        enough back."""
+        if self._whole.offset - self._saved_at >= CHECKPOINT_BYTES:
+            state = self._whole.state()
+            if state is not None:
+                self._checkpoints += CHECKPOINT.pack(chunks, state)
+                self._saved_at = self._whole.offset
+
+    def _wait_hash(self) -> None:
+        """Wait for the span being hashed on a worker thread (see `_check_and_hash`)."""
+        if self._hashing is not None:
+            future, chunks = self._hashing
+            self._hashing = None
+            future.result()
+            self._hashed(chunks)
+
+    def _drop_hash(self) -> None:
+        """After a failure: wait for the span being hashed, whatever its outcome."""
+        if self._hashing is not None:
+            with contextlib.suppress(BaseException):
+                self._hashing[0].result()
+            self._hashing = None
+
+    def _update(self, data: memoryview) -> None:
+        """Hash `data`, the bytes of the chunks appended so far that are not hashed yet, here."""
+        self._wait_hash()
+        self._whole.update(data)
+        self._hashed(len(self._manifest) // ENTRY.size)
 
     def feed(self, digests: Sequence[bytes], locations: dict[bytes, Location] | None = None) -> None:
         """The next chunks of the manifest (located here unless `locations` is given). ObjectDamaged
@@ -177,6 +259,10 @@ class ContentReader:
             self._free()
 
     def _feed(self, digests: Sequence[bytes], locations: dict[bytes, Location] | None) -> None:
+        if self._base is not None:
+            digests = self._match(digests)
+            if not digests:
+                return
         if locations is not None or self.missing:
             self._feed_packs(digests, locations)
             return
@@ -192,6 +278,58 @@ class ContentReader:
             if self.missing:  # nothing more is hashed; the rest is looked at for what else is missing
                 self._feed_packs(digests)
                 return
+
+    def _match(self, digests: Sequence[bytes]) -> Sequence[bytes]:
+        """Take the leading digests that go on naming the base's chunks in order; once one does not,
+        resume (see `_resume`) and return the digests from it on."""
+        base = self._base
+        assert base is not None
+        manifest, at = base.manifest, self._matched * ENTRY.size
+        for i, digest in enumerate(digests):
+            if manifest[at : at + 32] != digest:
+                self._resume(self._matched)
+                return digests[i:]
+            self._matched += 1
+            at += ENTRY.size
+        return ()
+
+    def _resume(self, matched: int) -> None:
+        """The first `matched` chunks are the base's: take the manifest and the hash up to its last
+        checkpoint within them, then read and hash the chunks from there to `matched` (still checked
+        against the announced size)."""
+        base = self._base
+        assert base is not None
+        self._base = None
+        self._matched = 0
+        start, state = 0, None
+        for count, saved in decode_checkpoints(base.checkpoints):
+            if count > matched:
+                break
+            start, state = count, saved
+        entries = base.manifest[: start * ENTRY.size]
+        size = sum(n for _, n in ENTRY.iter_unpack(entries))
+        if state is not None:
+            try:
+                self._whole = Sha256.resume(state, size)
+            except ValueError:  # a state of another build of OpenSSL: hash from the start
+                start, size, entries = 0, 0, b""
+        if size:
+            if self.limit is not None and size > self.limit:
+                raise DigestMismatch(
+                    f"the chunks add up to more than the announced {self.limit} bytes; nothing was stored",
+                    code="size_mismatch",
+                )
+            self._manifest += entries
+            self.size = self.resumed_at = size
+            self._saved_at = size
+            for count, saved in decode_checkpoints(base.checkpoints):  # the same content's states
+                if count > start:
+                    break
+                self._checkpoints += CHECKPOINT.pack(count, saved)
+        step = ENTRY.size
+        rest = [base.manifest[i * step : i * step + 32] for i in range(start, matched)]
+        if rest:
+            self._feed(rest, None)
 
     def _check_next(self, size: int, short: tuple[bytes, int] | None, digest: bytes, n: int) -> int:
         """Refuse the manifest if chunk `digest` of `n` bytes may not follow (a short chunk before it, or
@@ -226,6 +364,7 @@ class ContentReader:
 
     def _from_memory(self, digests: Sequence[bytes]) -> int:
         """Hash the leading chunks of `digests` that are in memory; returns how many."""
+        self._wait_hash()  # the buffer below may be the one a worker is hashing
         if self._joined is None:
             self._joined = bytearray(SPAN_BYTES)
         view = memoryview(self._joined)
@@ -235,7 +374,7 @@ class ContentReader:
             for d in digests:
                 n = recent.take(d, view[at:])
                 if n is None and at:
-                    self._whole.update(view[:at])  # one call per span (see _check_and_hash)
+                    self._update(view[:at])  # one call per span (see _check_and_hash)
                     at = 0
                     n = recent.take(d, view)
                 if n is None:
@@ -244,7 +383,7 @@ class ContentReader:
                 at += n
                 done += 1
             if at:
-                self._whole.update(view[:at])
+                self._update(view[:at])
         finally:
             view.release()
         return done
@@ -291,6 +430,9 @@ class ContentReader:
                 self._check_and_hash(current, memoryview(self._buffers[turn])[:got])
                 done += len(current.digests)
                 current, turn = following, 1 - turn
+        except BaseException:
+            self._drop_hash()
+            raise
         finally:
             if pending is not None:
                 pending.cancel()
@@ -315,10 +457,12 @@ class ContentReader:
         return _executor().submit(_read, fd, self._buffers[turn], span.start, n)
 
     def _check_and_hash(self, span: _Span, data: memoryview) -> None:
-        """Check each chunk of a span, gather their bytes, and hash them in one call: hashlib then lets
-        go of the GIL once per span, not once per chunk (a thread that gives the GIL up waits for it
-        again up to the switch interval, 5 ms, while another thread runs Python)."""
+        """Check each chunk of a span, gather their bytes, and hash them in one call on a worker thread
+        while the next span is checked here: SHA-256 lets go of the GIL once per span, not once per
+        chunk (a thread that gives the GIL up waits for it again up to the switch interval, 5 ms, while
+        another thread runs Python). Two buffers take turns; one span is hashed at a time, in order."""
         need = sum(loc.length for loc in span.locations)
+        self._joined, self._joined_next = self._joined_next, self._joined
         if self._joined is None or len(self._joined) < need:
             self._joined = bytearray(max(SPAN_BYTES, need))
         joined = memoryview(self._joined)
@@ -341,7 +485,11 @@ class ContentReader:
                 joined[at_joined : at_joined + loc.length] = body
                 at_joined += loc.length
                 self._append(digest, loc.length)
-            self._whole.update(joined[:at_joined])
+            self._wait_hash()
+            self._hashing = (
+                _executor().submit(self._whole.update, joined[:at_joined]),
+                len(self._manifest) // ENTRY.size,
+            )
         finally:
             joined.release()
             data.release()
@@ -353,7 +501,8 @@ class ContentReader:
             with contextlib.suppress(BufferError):  # a view in a traceback still uses it: freed later
                 buffer.close()
         self._buffers = []
-        self._joined = None
+        self._joined = self._joined_next = None
 
     def close(self) -> None:
+        self._drop_hash()
         self._free()

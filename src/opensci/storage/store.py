@@ -46,7 +46,7 @@ from opensci.storage.errors import (
 from opensci.storage.index import ENTRY, check_oid, chunk_digest, encode_manifest
 from opensci.storage.models import ObjectState, StorageChunk, StorageObject, StoragePack
 from opensci.storage.packs import MAX_CHUNK, PackWriter
-from opensci.storage.readback import ContentReader
+from opensci.storage.readback import Base, ContentReader
 from opensci.storage.reader import BlobReader
 from opensci.storage.recent import RecentChunks
 
@@ -304,7 +304,15 @@ class BlobStore:
             lease.release(ok)
         return self.stat(oid)
 
-    def _commit_object(self, session: Session, now: datetime, oid: str, size: int, manifest: bytes) -> None:
+    def _commit_object(
+        self,
+        session: Session,
+        now: datetime,
+        oid: str,
+        size: int,
+        manifest: bytes,
+        checkpoints: bytes | None = None,
+    ) -> None:
         """In the caller's transaction: keep the object if it is already stored healthy (its manifest
         stays, whoever uploads the same content again, however cut: see `index.keep_object`); else
         re-check (and touch) every chunk of `manifest`, then make the object visible with it (which also
@@ -320,7 +328,7 @@ class BlobStore:
                 "upload it again",
                 missing,
             )
-        index.upsert_object(session, oid, size, manifest, now)
+        index.upsert_object(session, oid, size, manifest, now, checkpoints)
 
     def missing_chunks(self, hashes: Iterable[H]) -> set[H]:
         """Which of these chunk hashes (hex or raw) the store lacks, or holds only damaged. The ones it has
@@ -438,10 +446,29 @@ class BlobStore:
         chunks shorter than `min_chunk` before the last one (see `readback`)."""
         return ContentReader(self, oid, size, min_chunk=min_chunk)
 
+    def base(self, oid: str) -> Base | None:
+        """The stored object `oid` as the base of a new one (see `readback.Base`), if it is healthy, cut
+        by our chunker, and has sha256 checkpoints; else None."""
+        with self.db.session() as session:
+            row = session.execute(
+                select(StorageObject.state, StorageObject.manifest, StorageObject.checkpoints).where(
+                    StorageObject.oid == check_oid(oid)
+                )
+            ).one_or_none()
+        if row is None or row.state != ObjectState.ok or not row.checkpoints:
+            return None
+        if index.short_chunk(row.manifest):
+            return None
+        try:
+            return Base(oid, row.manifest, row.checkpoints)
+        except ValueError:
+            return None
+
     def commit_read(self, reader: ContentReader, size: int, expected_oid: str | None = None) -> ObjectInfo:
         """Make an object of the chunks a ContentReader was fed: its oid is the sha256 the reader
         computed. MissingChunks for chunks it did not find; DigestMismatch when the content does not
         have `size` bytes or the `expected_oid`."""
+        reader.end()
         if reader.missing:
             missing = sorted(d.hex() for d in reader.missing)
             raise MissingChunks(
@@ -454,9 +481,11 @@ class BlobStore:
         oid = reader.hexdigest()
         if expected_oid is not None and oid != expected_oid:
             raise DigestMismatch(f"the chunks' content has the sha256 {oid}, not {expected_oid}")
-        manifest = reader.manifest
+        manifest, checkpoints = reader.manifest, reader.checkpoints
         try:
-            self._transaction(lambda session: self._commit_object(session, utcnow(), oid, size, manifest))
+            self._transaction(
+                lambda session: self._commit_object(session, utcnow(), oid, size, manifest, checkpoints)
+            )
         except ChunksGone as exc:  # chunks collected or quarantined since they were read: send them again
             raise MissingChunks(
                 exc.message.replace("upload it again", "send them again"), exc.missing
