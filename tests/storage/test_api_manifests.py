@@ -206,3 +206,25 @@ def test_a_legacy_chunk_named_by_a_files_oid_cannot_be_claimed_by_knowing_the_oi
     )
     assert r.status_code == 422 and r.json()["error"] == "missing_chunks", r.text
     assert held(app, "bob/steal") == set()
+
+
+def test_a_chunk_found_damaged_while_the_manifest_still_streams_ends_it_with_409(
+    app: FastAPI, live_server: LiveServer, up: Uploader, alice: Account
+) -> None:
+    """Parts go on arriving while earlier ones are read in the background (the server feeds its reader
+    with whatever arrived meanwhile): a failure of such a read is the answer, and nothing more is held."""
+    data = random_bytes(6 * MiB, 27)
+    oid, size = up.upload(data)
+    digest, loc = chunk_locations(app.state.blobs, oid)[4]
+    flip_byte(app.state.blobs, loc)
+    hashes = [h for h, _ in cut(data)]
+
+    def body() -> Iterator[bytes]:
+        for i in range(0, len(hashes), 3):
+            yield ids(hashes[i : i + 3])
+
+    with httpx.Client(base_url=live_server.url, timeout=60) as http:
+        r = stream(Uploader(http, alice, "alice/data"), size, body())
+    assert error_code(r, 409) == "object_damaged"
+    assert digest.hex() in r.json()["message"]
+    assert held(app, "alice/data") == {oid}  # from the first upload only

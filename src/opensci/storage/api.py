@@ -540,6 +540,55 @@ async def _next_part(parts: AsyncIterator[bytes]) -> bytes | None:
         ) from None
 
 
+FEED_BACKLOG = 65_536  # digests waiting to be fed before the stream is read on (~4 GiB of content)
+
+
+class _Feeder:
+    """Feeds a ContentReader on a worker thread, in the background, with every digest that arrived
+    while it was busy: one feed per burst, not one per network part (each feed starts a lookup and a
+    read pipeline anew, which leaves the hash idle meanwhile). Errors of a feed are raised by the next
+    `add` or by `drain`."""
+
+    def __init__(self, reader: ContentReader) -> None:
+        self.reader = reader
+        self.queued: list[bytes] = []
+        self.task: asyncio.Future[None] | None = None
+
+    def _start(self) -> None:
+        batch, self.queued = self.queued, []
+        self.task = asyncio.ensure_future(run_in_threadpool(self.reader.feed, batch))
+        self.task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Future[None]) -> None:
+        if task is self.task and not task.cancelled() and task.exception() is None:
+            self.task = None
+            if self.queued:
+                self._start()
+
+    async def add(self, digests: list[bytes]) -> None:
+        if self.task is not None and self.task.done():
+            self.task.result()  # a failed feed
+        self.queued += digests
+        if self.task is None:
+            self._start()
+        elif len(self.queued) >= FEED_BACKLOG:  # the client sends faster than the reader reads
+            await asyncio.shield(self.task)
+
+    async def drain(self) -> None:
+        """Until every digest added is fed."""
+        while self.task is not None or self.queued:
+            if self.task is None:
+                self._start()
+            assert self.task is not None
+            await asyncio.shield(self.task)
+
+    async def abandon(self) -> None:
+        """Wait for a feed under way (the reader may be closed then), whatever its outcome."""
+        if self.task is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(self.task)
+
+
 async def _read_manifest(
     request: Request,
     session: Session,
@@ -555,6 +604,7 @@ async def _read_manifest(
     if start is not None:
         reader.start_like(start)
     parts = request.stream()
+    feeder = _Feeder(reader)
     try:
         pending = bytearray()
         count = 0
@@ -572,9 +622,10 @@ async def _read_manifest(
                     "chunks",
                     code="invalid_manifest",
                 )
-            await run_in_threadpool(reader.feed, digests)
+            await feeder.add(digests)
         if pending:
             raise InvalidInput("the manifest ends inside a chunk hash (32 bytes)", code="invalid_manifest")
+        await feeder.drain()
         return await run_in_threadpool(
             _commit_streamed, session, settings, blobs, actor, where, reader, size, expected
         )
@@ -583,5 +634,6 @@ async def _read_manifest(
     except ClientDisconnect:  # the client gave up (its upload failed): nothing was recorded
         return Response(status_code=400)
     finally:
+        await feeder.abandon()
         reader.close()
         await parts.aclose()
