@@ -11,6 +11,9 @@ the chunks a cut of the whole file would give (a content-defined cut depends onl
 previous cut), so deduplication is unchanged. The manifest then names the old file as its `base`: the
 server resumes its sha256 at the first change instead of reading the file from its start.
 
+The new file is mapped into memory, not copied (xxh3 then runs at memory speed): like git, which maps
+files too, a process whose file another program truncates while it is read this way is killed (SIGBUS).
+
 A fingerprint is only a guide to which chunks to name: the server still checks every new chunk against
 its name and computes the file's sha256 itself. The cache holds nothing secret (hashes of one's own
 files) and is rewritten atomically; a damaged or foreign entry is ignored.
@@ -180,7 +183,7 @@ class Reuse:
             self.size = size
             if size == 0:
                 return
-            mapped = mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ)
+            mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
             try:
                 if hasattr(mapped, "madvise"):
                     mapped.madvise(mmap.MADV_SEQUENTIAL)
