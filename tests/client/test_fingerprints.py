@@ -6,7 +6,9 @@ stale cache entry must never make an upload fail or commit other bytes."""
 from __future__ import annotations
 
 import hashlib
+import os
 import random
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -17,6 +19,7 @@ from xxhash import xxh3_128_digest
 
 from opensci.client import Client, fingerprints
 from opensci.client import chunks as client_chunks
+from opensci.client.errors import TransferError
 from opensci.client.fingerprints import MAGIC, Fingerprint, Reuse
 from opensci.storage.gc import gc
 from tests.client.conftest import Raw, write_tree
@@ -742,3 +745,73 @@ def test_a_fingerprint_with_another_oid_is_still_only_a_hint(
 
     assert bases_sent == [None, "ab" * 32]
     check_committed(app, sdk, raw, repo, result.commit, where, edited)
+
+
+# --- found by QA: privacy of the entries, a file truncated during a re-upload, a wrong entry -------------
+
+
+def test_cache_entries_are_private_to_their_user(
+    sdk: Client, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunk names let a server hand over their content (that is how uploads skip bytes): another local
+    user who could read them could take the files. The folder is 0700, the entries 0600, whatever the
+    umask, and a folder left open by an earlier version is closed."""
+    old = os.umask(0o022)
+    try:
+        (cache / "uploads").mkdir(parents=True, mode=0o755)
+        (cache / "uploads").chmod(0o755)
+        sdk.create_repo("survey", kind="dataset")
+        sdk.upload_with_result("alice/survey", random_file(tmp_path / "f.bin", 3 * MiB, 50), "f.bin")
+    finally:
+        os.umask(old)
+    entry = entry_path(cache, sdk.url, "alice/survey", "f.bin")
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o600
+    assert stat.S_IMODE((cache / "uploads").stat().st_mode) == 0o700
+
+
+def test_a_file_truncated_while_it_is_compared_is_a_transfer_error(tmp_path: Path) -> None:
+    path = random_file(tmp_path / "f.bin", 12 * MiB, 51)
+    old = fingerprint_of(path)
+    with open(path, "r+b") as fh:
+        fh.seek(5 * MiB)
+        fh.write(b"edited")
+    reuse = Reuse(path, old, client_chunks.new_chunker, client_chunks.MAX_SIZE)
+    pieces = iter(reuse)
+    next(pieces)
+    os.truncate(path, 2 * MiB)
+    with pytest.raises(TransferError, match="shrank while it was being uploaded"):
+        for _ in pieces:
+            pass
+
+
+def test_an_entry_that_names_the_wrong_chunks_costs_no_failed_upload(
+    app: FastAPI, sdk: Client, raw: Raw, cache: Path, bases_sent: list[str | None], tmp_path: Path
+) -> None:
+    """An entry that passes its checks but names a chunk that is not this content's (hand-edited, or
+    damaged before its checksum was taken): the upload that follows it fails at the server's check of
+    that chunk, and is made again at once without the entry; progress is taken back, not counted twice."""
+    repo, where = "alice/survey", "data/cube.bin"
+    sdk.create_repo("survey", kind="dataset")
+    first = random_file(tmp_path / "cube.bin", 6 * MiB, 52)
+    sdk.upload_with_result(repo, first, where)
+    fp = fingerprints.load(sdk.url, repo, where)
+    assert fp is not None
+    wrong = bytes(32 * 3) + fp.names[32 * 3 :]  # its first three chunks renamed
+    fingerprints.save(sdk.url, repo, where, replace(fp, names=wrong))
+
+    edited = edit_middle(first, tmp_path / "cube2.bin", MiB, 53)
+    seen: list[tuple[int, int]] = []
+    commit = sdk.upload(repo, edited, where, progress=lambda done, total: seen.append((done, total)))
+
+    check_committed(app, sdk, raw, repo, commit, where, edited)
+    assert bases_sent == [None, sha256(first), None]  # the second try follows no entry
+    assert seen[-1] == (edited.stat().st_size, edited.stat().st_size)
+    assert all(done <= total for done, total in seen)
+    assert fingerprints.load(sdk.url, repo, where) == fingerprint_of(edited)
+
+
+def test_an_entry_with_an_oid_that_is_no_sha256_is_ignored(cache: Path, small_fp: Fingerprint) -> None:
+    fingerprints.save("http://h", "a/b", "f", replace(small_fp, oid="not-a-sha256"))
+    assert fingerprints.load("http://h", "a/b", "f") is None
+    fingerprints.save("http://h", "a/b", "f", replace(small_fp, oid=small_fp.oid.upper()))
+    assert fingerprints.load("http://h", "a/b", "f") is None

@@ -577,15 +577,11 @@ def upload_path(
             if exc.code not in ("missing_chunks", "object_damaged") or attempt == 3:
                 raise
             # Collected (or found damaged) meanwhile: send them again, then the whole manifest at once.
+            # Progress counted them as the server's: take them back, then count them as they go.
             again = ask_missing(client, repo, fc.unique())
+            report(-sum(n for h, n in zip(fc.hashes, fc.lengths, strict=True) if h in again), 0)
             total += send_chunks(
-                client,
-                repo,
-                fc,
-                again,
-                workers=workers,
-                batch_bytes=batch_bytes,
-                on_sent=lambda _file_bytes, wire_bytes: report(0, wire_bytes),  # progress counted them
+                client, repo, fc, again, workers=workers, batch_bytes=batch_bytes, on_sent=report
             )
             body = _ids(fc.hashes)
             continue

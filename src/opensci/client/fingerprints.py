@@ -11,12 +11,11 @@ the chunks a cut of the whole file would give (a content-defined cut depends onl
 previous cut), so deduplication is unchanged. The manifest then names the old file as its `base`: the
 server resumes its sha256 at the first change instead of reading the file from its start.
 
-The new file is mapped into memory, not copied (xxh3 then runs at memory speed): like git, which maps
-files too, a process whose file another program truncates while it is read this way is killed (SIGBUS).
-
 A fingerprint is only a guide to which chunks to name: the server still checks every new chunk against
-its name and computes the file's sha256 itself. The cache holds nothing secret (hashes of one's own
-files) and is rewritten atomically; a damaged or foreign entry is ignored.
+its name and computes the file's sha256 itself. Chunk names prove to the server that one has the content
+(that is how an upload skips the bytes the server has), so the entries are private to their user (the
+folder 0700, the files 0600), written atomically; a damaged or foreign entry is ignored, and an upload
+that fails while it follows an entry drops it (`forget`), so a bad entry costs one failed upload at most.
 """
 
 from __future__ import annotations
@@ -24,9 +23,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import mmap
 import os
+import re
 import struct
+import threading
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,10 +35,14 @@ from pathlib import Path
 from blake3 import blake3
 from xxhash import xxh3_128_digest
 
+from opensci.client.errors import TransferError
+
 BLOCK = 1024 * 1024  # bytes per fingerprinted block
+MAX_CHUNK = 256 * 1024  # the chunker's largest chunk (chunks.MAX_SIZE)
 PRINT = 16  # bytes of a block's print (xxh3-128)
 MAGIC = b"opensci-upload-fingerprint 1\n"
 _ENTRY = struct.Struct(">32sI")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def cache_dir() -> Path:
@@ -102,7 +106,7 @@ def _key(server: str, repo: str, path_in_repo: str) -> str:
 
 def load(server: str, repo: str, path_in_repo: str) -> Fingerprint | None:
     """The fingerprint of what was last uploaded from here to that path, if one is kept and intact."""
-    path = cache_dir() / "uploads" / _key(server, repo, path_in_repo)
+    path = _entry(server, repo, path_in_repo)
     try:
         raw = path.read_bytes()
     except OSError:
@@ -119,15 +123,25 @@ def load(server: str, repo: str, path_in_repo: str) -> Fingerprint | None:
         prints = body[at : at + prints_len]
         at += prints_len
         entries = body[at:]
-        if len(prints) != prints_len or len(entries) != count * _ENTRY.size:
+        if len(prints) != prints_len or len(entries) != count * _ENTRY.size or not _SHA256.match(oid):
             return None
     except (ValueError, KeyError, TypeError, RecursionError):  # not written by `save`
         return None
     names = b"".join(name for name, _ in _ENTRY.iter_unpack(entries))
     lengths = array("I", (n for _, n in _ENTRY.iter_unpack(entries)))
-    if sum(lengths) != size:
+    if sum(lengths) != size or any(not 0 < n <= MAX_CHUNK for n in lengths):
         return None
     return Fingerprint(oid, size, prints, names, lengths)
+
+
+def _entry(server: str, repo: str, path_in_repo: str) -> Path:
+    return cache_dir() / "uploads" / _key(server, repo, path_in_repo)
+
+
+def forget(server: str, repo: str, path_in_repo: str) -> None:
+    """Drop what is kept of the last upload to that path (best effort)."""
+    with contextlib.suppress(OSError):
+        _entry(server, repo, path_in_repo).unlink(missing_ok=True)
 
 
 def save(server: str, repo: str, path_in_repo: str, fp: Fingerprint) -> None:
@@ -137,11 +151,16 @@ def save(server: str, repo: str, path_in_repo: str, fp: Fingerprint) -> None:
     header = json.dumps({"oid": fp.oid, "size": fp.size, "chunks": len(fp.lengths)}).encode()
     entries = b"".join(_ENTRY.pack(fp.names[i * 32 : i * 32 + 32], n) for i, n in enumerate(fp.lengths))
     body = MAGIC + header + b"\n" + fp.prints + entries
-    target = folder / _key(server, repo, path_in_repo)
-    temp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    target = _entry(server, repo, path_in_repo)
+    temp = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        temp.write_bytes(body + hashlib.sha256(body).digest())
+        folder.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # an existing one stays as it is
+        folder.mkdir(exist_ok=True, mode=0o700)
+        if folder.stat().st_mode & 0o077:  # made by an earlier version, or under another umask
+            folder.chmod(0o700)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(body + hashlib.sha256(body).digest())
         os.replace(temp, target)
     except OSError:
         with contextlib.suppress(OSError):
@@ -158,7 +177,8 @@ class Reuse:
     """Cuts a file that may be an edit of `old`, in file order: old chunks whose bytes are in unchanged
     blocks are taken as they are (`reused` counts them), the rest is cut with FastCDC (see the module's
     docstring). Iterate for lists of pieces, as `chunks._Cutter` gives them; `prints` then holds the
-    new file's block prints. The file is mapped, not copied: reading it costs only its pages."""
+    new file's block prints. The file is read a block at a time into one buffer (a file that shrinks
+    meanwhile is a TransferError)."""
 
     def __init__(self, path: Path, old: Fingerprint, chunker_factory: object, max_size: int) -> None:
         self.path = path
@@ -178,32 +198,28 @@ class Reuse:
         offsets = old.offsets()
         starts = {off: j for j, off in enumerate(offsets)}
         names = old.names
-        with open(self.path, "rb") as fh:
+        with open(self.path, "rb", buffering=0) as fh:
             size = os.fstat(fh.fileno()).st_size
             self.size = size
-            if size == 0:
-                return
-            mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-            try:
-                if hasattr(mapped, "madvise"):
-                    mapped.madvise(mmap.MADV_SEQUENTIAL)
-                data = memoryview(mapped)
-                try:
-                    for pieces in self._plan(data, size, offsets, starts, names):
-                        for h, off, n in pieces:
-                            self.hashes.append(h)
-                            self.offsets.append(off)
-                            self.lengths.append(n)
-                        yield pieces
-                finally:
-                    data.release()
-            finally:
-                with contextlib.suppress(BufferError):  # a view kept by a traceback: closed when freed
-                    mapped.close()
+            for pieces in self._plan(fh.fileno(), size, offsets, starts, names):
+                for h, off, n in pieces:
+                    self.hashes.append(h)
+                    self.offsets.append(off)
+                    self.lengths.append(n)
+                yield pieces
+
+    def _read(self, fd: int, view: memoryview, offset: int) -> None:
+        """Fill `view` from the file at `offset`."""
+        got = 0
+        while got < len(view):
+            n = os.preadv(fd, [view[got:]], offset + got)
+            if n <= 0:
+                raise TransferError(f"{self.path} shrank while it was being uploaded; upload it again")
+            got += n
 
     def _plan(
         self,
-        data: memoryview,
+        fd: int,
         size: int,
         offsets: list[int],
         starts: dict[int, int],
@@ -217,6 +233,7 @@ class Reuse:
         pos = 0  # the next byte of the new file to give a chunk to
         j: int | None = 0  # the old chunk that starts at `pos`, while the files agree up to it
         out: list[Piece] = []
+        block = memoryview(bytearray(BLOCK))
 
         def unchanged(start: int, stop: int) -> bool | None:
             """Whether the blocks holding [start, stop) are all unchanged; None if not all read yet."""
@@ -227,7 +244,8 @@ class Reuse:
 
         for b in range(nblocks):
             lo, hi = b * BLOCK, min(size, (b + 1) * BLOCK)
-            p = xxh3_128_digest(data[lo:hi])
+            self._read(fd, block[: hi - lo], lo)
+            p = xxh3_128_digest(block[: hi - lo])
             prints += p
             old_hi = min(old.size, (b + 1) * BLOCK)
             same.append(old_hi - lo == hi - lo and old.prints[b * PRINT : (b + 1) * PRINT] == p)
@@ -249,7 +267,7 @@ class Reuse:
                 # a change: cut from here until a cut lands where an old chunk starts
                 if hi < size and hi - pos < self.max_size + BLOCK:
                     break  # cut once enough of the file is read ahead
-                pos, j, cut = self._cut(data, pos, size, hi, starts)
+                pos, j, cut = self._cut(fd, pos, size, hi, starts)
                 out.extend(cut)
             if out:
                 yield out
@@ -257,14 +275,15 @@ class Reuse:
         self.prints = bytes(prints)
 
     def _cut(
-        self, data: memoryview, pos: int, size: int, read: int, starts: dict[int, int]
+        self, fd: int, pos: int, size: int, read: int, starts: dict[int, int]
     ) -> tuple[int, int | None, list[Piece]]:
         """Cut the new file from `pos` (a cut of the whole file would cut there too) until a chunk ends
         where an old chunk starts, or at the bytes read so far (`read`, MAX_SIZE ahead of the last cut
         taken unless the file ends there). Returns the next position, the old chunk starting there (or
         None), and the chunks cut."""
         cdc = self.new_chunker()  # type: ignore[operator]
-        window = data[pos:read]
+        window = memoryview(bytearray(read - pos))
+        self._read(fd, window, pos)
         out: list[Piece] = []
         at = pos
         for ch in cdc.cut_buf(window):
@@ -275,9 +294,7 @@ class Reuse:
             at = pos + ch.offset + ch.length
             j = starts.get(at)
             if j is not None:
-                window.release()
                 return at, j, out
-        window.release()
         return at, None, out
 
     def abandon(self) -> None:

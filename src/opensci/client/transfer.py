@@ -250,13 +250,9 @@ def upload(
         fields.append(("parent_commit", parent_commit))
     fields += [("delete", _deleted(path)) for path in delete or []]
     for f in big:
-        like = fingerprints.load(client.url, repo, f.path_in_repo)
-        fc, _ = chunks.upload_path(
-            client, repo, f.local, workers=workers, on_hashed=hashed, on_sent=advance, like=like
-        )
+        fc = _upload_large(client, repo, f, workers=workers, hashed=hashed, advance=advance)
         if fc.size != f.size:
             raise TransferError(f"{f.local} changed while it was being uploaded; upload it again")
-        fingerprints.save(client.url, repo, f.path_in_repo, fc.fingerprint())
         pointer = {"path": f.path_in_repo, "oid": fc.oid, "size": fc.size}
         fields.append(("lfs", json.dumps(pointer)))
 
@@ -280,6 +276,54 @@ def upload(
         bytes_sent=state["sent"],
         chunked_files=[f.path_in_repo for f in big],
     )
+
+
+def _upload_large(
+    client: Client,
+    repo: str,
+    f: LocalFile,
+    *,
+    workers: int,
+    hashed: Callable[[int], None],
+    advance: Callable[[int, int], None],
+) -> chunks.FileChunks:
+    """One file through the chunk protocol, following what was kept of the last upload to its path (see
+    `fingerprints`) if anything was. If that attempt fails as a stale or damaged record would make it
+    fail (TransferError, ValidationError), the record is dropped and the file is cut whole at once (the
+    progress of the first attempt is taken back); other failures drop it too, and are raised."""
+    like = fingerprints.load(client.url, repo, f.path_in_repo)
+    lock = threading.Lock()
+    counted = {"file": 0, "hashed": 0}  # progress reported by the current attempt
+
+    def sent(file_bytes: int, wire_bytes: int) -> None:
+        with lock:
+            counted["file"] += file_bytes
+        advance(file_bytes, wire_bytes)
+
+    def seen(n: int) -> None:
+        counted["hashed"] += n
+        hashed(n)
+
+    while True:
+        try:
+            fc, _ = chunks.upload_path(
+                client, repo, f.local, workers=workers, on_hashed=seen, on_sent=sent, like=like
+            )
+        except (TransferError, ValidationError):
+            if like is None:
+                raise
+            fingerprints.forget(client.url, repo, f.path_in_repo)
+            like = None
+            advance(-counted["file"], 0)
+            hashed(-counted["hashed"])
+            counted.update(file=0, hashed=0)
+            continue
+        except BaseException:
+            if like is not None:
+                fingerprints.forget(client.url, repo, f.path_in_repo)
+            raise
+        fingerprints.save(client.url, repo, f.path_in_repo, fc.fingerprint())
+        return fc
 
 
 # --- download ------------------------------------------------------------------------------------------

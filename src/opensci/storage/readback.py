@@ -49,7 +49,9 @@ class Base:
     its sha256 checkpoints. While a streamed manifest names the base's chunks in the base's order, the
     reader reads nothing; at the first other chunk it resumes the hash from the base's last
     checkpoint before it (chunk names are BLAKE3 hashes of the bytes, so the same names in the same
-    order are the same content, with the same sha256 state)."""
+    order are the same content, with the same sha256 state). The chunks taken from the base are not read
+    again, so damage in them is found as in any stored object: by reads, which check every chunk, and by
+    `opensci storage verify`; an upload of the same content then repairs it."""
 
     oid: str
     manifest: bytes
