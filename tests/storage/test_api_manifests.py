@@ -4,6 +4,7 @@ file's sha256, and refuses every bad manifest with a clear 4xx that leaves nothi
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import queue
 import threading
@@ -16,6 +17,8 @@ from fastapi.testclient import TestClient
 
 from opensci.repos.models import Repository
 from opensci.storage import quota
+from opensci.storage.api import _Feeder
+from opensci.storage.store import BlobStore
 from tests.api_helpers import create_repo, error_code
 from tests.conftest import Account, LiveServer
 from tests.storage.test_api_uploads import Uploader, _repo_id, cut, frames, held, random_bytes, uploads
@@ -228,3 +231,33 @@ def test_a_chunk_found_damaged_while_the_manifest_still_streams_ends_it_with_409
     assert error_code(r, 409) == "object_damaged"
     assert digest.hex() in r.json()["message"]
     assert held(app, "alice/data") == {oid}  # from the first upload only
+
+
+def test_draining_the_feeds_never_spins_on_one_that_has_ended(store: BlobStore) -> None:
+    """A feed that has ended but whose done-callback has not run yet (the event loop runs it later): the
+    stream's end must go on from it. (Awaiting a finished future does not yield to the event loop, so a
+    drain that waited for the callback once spun forever, hanging the upload.)"""
+    data = random_bytes(2 * MiB, 30)
+    chunks = cut(data)
+    store.put_chunks(chunks)
+    digests = [bytes.fromhex(h) for h, _ in chunks]
+    reader = store.content_reader("", len(data))
+    result: dict[str, str] = {}
+
+    async def main() -> str:
+        feeder = _Feeder(reader)
+        await feeder.add(digests[:5])
+        task = feeder.task
+        assert task is not None
+        task.remove_done_callback(feeder._done)  # as if the loop had not come to it yet
+        await asyncio.wait([task])
+        feeder.queued += digests[5:]
+        await feeder.drain()
+        return reader.hexdigest()
+
+    thread = threading.Thread(target=lambda: result.update(oid=asyncio.run(main())), daemon=True)
+    thread.start()
+    thread.join(30)
+    reader.close()
+    assert not thread.is_alive(), "the drain spins on a feed that has ended"
+    assert result["oid"] == hashlib.sha256(data).hexdigest()

@@ -559,34 +559,42 @@ class _Feeder:
         self.task = asyncio.ensure_future(run_in_threadpool(self.reader.feed, batch))
         self.task.add_done_callback(self._done)
 
+    def _take(self) -> None:
+        """Let go of a finished feed (raising its error), then start one with what is queued."""
+        if self.task is not None and self.task.done():
+            task, self.task = self.task, None
+            task.result()
+        if self.task is None and self.queued:
+            self._start()
+
     def _done(self, task: asyncio.Future[None]) -> None:
+        """On the event loop, as a feed ends: go on with what arrived meanwhile (an error waits for
+        `add` or `drain`, which raise it)."""
         if task is self.task and not task.cancelled() and task.exception() is None:
-            self.task = None
-            if self.queued:
-                self._start()
+            self._take()
 
     async def add(self, digests: list[bytes]) -> None:
-        if self.task is not None and self.task.done():
-            self.task.result()  # a failed feed
         self.queued += digests
-        if self.task is None:
-            self._start()
-        elif len(self.queued) >= FEED_BACKLOG:  # the client sends faster than the reader reads
-            await asyncio.shield(self.task)
+        self._take()
+        if self.task is not None and len(self.queued) >= FEED_BACKLOG:  # the client outruns the reader
+            await asyncio.wait([self.task])
+            self._take()
 
     async def drain(self) -> None:
         """Until every digest added is fed."""
-        while self.task is not None or self.queued:
+        while True:
+            self._take()
             if self.task is None:
-                self._start()
-            assert self.task is not None
-            await asyncio.shield(self.task)
+                return
+            await asyncio.wait([self.task])
 
     async def abandon(self) -> None:
         """Wait for a feed under way (the reader may be closed then), whatever its outcome."""
-        if self.task is not None:
-            with contextlib.suppress(BaseException):
-                await asyncio.shield(self.task)
+        task, self.task = self.task, None
+        if task is not None:
+            await asyncio.wait([task])
+            if not task.cancelled():
+                task.exception()  # retrieved: the error being raised, if any, is another
 
 
 async def _read_manifest(
