@@ -52,7 +52,7 @@ BATCH_BYTES = 16 * 1024 * 1024  # chunk bytes per request (the server takes up t
 MISSING_BATCH = 50_000  # chunk hashes per `missing` question (the server takes up to 100,000)
 WORKERS = 4  # batches in flight at once
 ASK_BATCHES = 4  # one `missing` question per this many batches' worth of new chunks
-REGION_CHUNKS = 512  # the manifest goes out at least every this many chunks (about 32 MiB)
+REGION_CHUNKS = 512  # a re-upload's manifest goes out at least every this many chunks (about 32 MiB)
 FRAME = struct.Struct(">32sI")  # a chunk's frame in a batch: its name, length of the bytes that follow
 PIECE_BYTES = 256 * 1024  # a batch body is sent in writes of about this size
 
@@ -542,7 +542,7 @@ def upload_path(
                     group_bytes += n
                 if isinstance(cutter, Reuse) and on_hashed is not None:
                     on_hashed(sum(n for _, _, n in block))
-                if group_bytes >= ask_bytes or len(region) >= REGION_CHUNKS:
+                if group_bytes >= ask_bytes or (isinstance(cutter, Reuse) and len(region) >= REGION_CHUNKS):
                     flush()
             flush()
             wait(questions, return_when=FIRST_EXCEPTION)
