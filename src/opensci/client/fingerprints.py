@@ -195,13 +195,12 @@ class Reuse:
 
     def __iter__(self) -> Iterator[list[Piece]]:
         old = self.old
-        offsets = old.offsets()
-        starts = {off: j for j, off in enumerate(offsets)}
+        starts = {off: j for j, off in enumerate(old.offsets())}  # where each old chunk starts
         names = old.names
         with open(self.path, "rb", buffering=0) as fh:
             size = os.fstat(fh.fileno()).st_size
             self.size = size
-            for pieces in self._plan(fh.fileno(), size, offsets, starts, names):
+            for pieces in self._plan(fh.fileno(), size, starts, names):
                 for h, off, n in pieces:
                     self.hashes.append(h)
                     self.offsets.append(off)
@@ -221,7 +220,6 @@ class Reuse:
         self,
         fd: int,
         size: int,
-        offsets: list[int],
         starts: dict[int, int],
         names: bytes,
     ) -> Iterator[list[Piece]]:

@@ -510,8 +510,7 @@ async def stream_manifest(
     the hash resumes from the base's last checkpoint before the first chunk that differs."""
     repo = await run_in_threadpool(_writable, actor, session, owner, name)
     like = check_oid(base) if base is not None else None
-    if like is not None and not await run_in_threadpool(files.holds, session, repo.id, like):
-        like = None
+    start = await run_in_threadpool(files.base_for, session, blobs, repo, like) if like else None
     session.close()  # the stream lasts as long as the upload: hold no connection meanwhile
     expected = check_oid(oid) if oid is not None else None
     if size > settings.max_upload_bytes:
@@ -520,7 +519,6 @@ async def stream_manifest(
             "bytes, OPENSCI_MAX_UPLOAD_BYTES)"
         )
     async with _streams.hold(1):
-        start = await run_in_threadpool(blobs.base, like) if like is not None else None
         return await _read_manifest(
             request, session, settings, blobs, actor, (owner, name), size, expected, start
         )

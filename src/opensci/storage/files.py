@@ -36,6 +36,7 @@ from opensci.storage.errors import ObjectDamaged, ObjectNotFound
 from opensci.storage.index import check_oid
 from opensci.storage.models import ObjectState, RepoObject
 from opensci.storage.pointers import POINTER_MAX, format_pointer, parse_pointer
+from opensci.storage.readback import Base
 from opensci.storage.store import BlobStore, ObjectInfo
 
 # --- pointers ------------------------------------------------------------------------------------------
@@ -52,6 +53,12 @@ def lfs_upload(oid: str, size: int) -> Upload:
 
 def holds(session: Session, repo_id: str, oid: str) -> bool:
     return session.get(RepoObject, (repo_id, oid)) is not None
+
+
+def base_for(session: Session, blobs: BlobStore, repo: Repository, oid: str) -> Base | None:
+    """The stored object `oid` as the start of a new file of `repo` (see `readback.Base`): only an object
+    the repository holds (a hint naming another is ignored: it must open no door to other content)."""
+    return blobs.base(oid) if holds(session, repo.id, oid) else None
 
 
 def held_oids(session: Session, repo_id: str) -> list[str]:

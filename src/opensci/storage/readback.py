@@ -303,11 +303,8 @@ class ContentReader:
         assert base is not None
         self._base = None
         self._matched = 0
-        start, state = 0, None
-        for count, saved in decode_checkpoints(base.checkpoints):
-            if count > matched:
-                break
-            start, state = count, saved
+        usable = [(count, state) for count, state in decode_checkpoints(base.checkpoints) if count <= matched]
+        start, state = usable[-1] if usable else (0, None)
         entries = base.manifest[: start * ENTRY.size]
         size = sum(n for _, n in ENTRY.iter_unpack(entries))
         if state is not None:
@@ -316,18 +313,10 @@ class ContentReader:
             except ValueError:  # a state of another build of OpenSSL: hash from the start
                 start, size, entries = 0, 0, b""
         if size:
-            if self.limit is not None and size > self.limit:
-                raise DigestMismatch(
-                    f"the chunks add up to more than the announced {self.limit} bytes; nothing was stored",
-                    code="size_mismatch",
-                )
+            self.size = self._check_next(0, None, b"", size)  # no more than announced
             self._manifest += entries
-            self.size = self.resumed_at = size
-            self._saved_at = size
-            for count, saved in decode_checkpoints(base.checkpoints):  # the same content's states
-                if count > start:
-                    break
-                self._checkpoints += CHECKPOINT.pack(count, saved)
+            self.resumed_at = self._saved_at = size
+            self._checkpoints += b"".join(CHECKPOINT.pack(*saved) for saved in usable)  # the same states
         step = ENTRY.size
         rest = [base.manifest[i * step : i * step + 32] for i in range(start, matched)]
         if rest:
