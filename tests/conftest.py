@@ -228,7 +228,16 @@ class LiveServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         app.state.settings.base_url = self.url
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
+        # Test clients keep connections idle for seconds while jobs run: uvicorn's 5-second keep-alive
+        # would close them just as a client reuses one (connection reset). Idle ones stay open here.
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="off",
+            timeout_keep_alive=300,
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
