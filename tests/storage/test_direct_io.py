@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import queue
 import random
 import threading
@@ -15,11 +16,12 @@ from pathlib import Path
 import pytest
 from xxhash import xxh3_64_digest
 
+from opensci.storage import readback
 from opensci.storage.chunking import chunk_id
 from opensci.storage.errors import ObjectDamaged
 from opensci.storage.index import Location
 from opensci.storage.maintenance import verify
-from opensci.storage.packs import ALIGN, HEADER, PACK_HEADER, STAGE_BYTES, PackWriter, scan_pack
+from opensci.storage.packs import ALIGN, HEADER, PACK_HEADER, STAGE_BYTES, PackWriter, pack_path, scan_pack
 from opensci.storage.readback import SPAN_BYTES
 from opensci.storage.store import BlobStore
 from tests.conftest import need
@@ -159,3 +161,59 @@ def test_a_chunk_larger_than_a_read_span_is_read_back(store: BlobStore) -> None:
     content = small + big + small
     info = store.commit_manifest(sha256(content), len(content), [d for d, _ in pieces])
     assert b"".join(store.iter_range(info.oid)) == content
+
+
+def _uncache(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def test_the_read_back_takes_what_the_page_cache_holds_and_reads_the_rest_directly(
+    store: BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file re-uploaded a moment after a download finds its old chunks in the page cache: those are
+    copied from it, and only what it lacks is read from the disk, with direct I/O (reads through the
+    cache of bytes it does not hold go at the kernel's small read-ahead). A span wholly cached, one
+    cached up to its middle (the direct read resumes at the block where the cache ends), and a pack not
+    cached at all make the same content."""
+    need(direct_writer(store.packs_dir).direct, "direct I/O")
+    data = random_bytes(3 * SPAN_BYTES, 9)
+    oid = store.put(io.BytesIO(data)).oid
+    [pack] = {loc.pack_id for _, loc in chunk_locations(store, oid)}
+    path = pack_path(store.packs_dir, pack)
+    calls: list[tuple[bool, int, int, int]] = []  # nowait, asked from, asked to, got to
+    fill = readback._fill
+
+    def watched(fd: int, view: memoryview, start: int, got: int, n: int, *, nowait: bool = False) -> int:
+        done = fill(fd, view, start, got, n, nowait=nowait)
+        calls.append((nowait, got, n, done))
+        return done
+
+    monkeypatch.setattr(readback, "_fill", watched)
+    hashes = [h for h, _ in cut(data)]
+
+    def read_back() -> None:
+        calls.clear()
+        store.recent.clear()  # as after a restart: nothing of the upload is in the store's own memory
+        assert store.commit_manifest(oid, len(data), hashes).oid == oid == sha256(data)
+
+    _uncache(path)
+    with open(path, "rb", buffering=0) as fh:  # a span and a half in the cache (a download stopped there)
+        os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_RANDOM)  # and no read-ahead past it
+        while fh.tell() < SPAN_BYTES + SPAN_BYTES // 2:
+            fh.read(MiB)
+    read_back()
+    assert calls[0][0] and calls[0][3] == calls[0][2], calls  # the first span, wholly from the cache
+    nowait, _, n, done = calls[1]
+    assert nowait and 0 < done < n, calls  # the second, up to its middle …
+    assert calls[2] == (False, done - done % ALIGN, n, n), calls  # … and directly from the block there on
+
+    _uncache(path)
+    read_back()
+    assert calls[0][0] and calls[0][3] == 0, calls  # nothing in the cache
+    assert calls[1] == (False, 0, calls[0][2], calls[0][2]), calls  # all of the span read directly
+    assert b"".join(store.iter_range(oid)) == data
