@@ -41,6 +41,7 @@ Progress = Callable[[int, int], None]
 """Called as `progress(bytes_done, bytes_total)` while files move."""
 
 _KINDS = ("code", "dataset", "model")
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})  # a request may be sent twice with these
 
 
 def split_repo_id(repo: str) -> tuple[str, str]:
@@ -118,18 +119,28 @@ class Client:
         """One API call; `path` is relative to the server (e.g. "/api/v1/user"). Raises typed errors."""
         if params:
             params = {k: v for k, v in params.items() if v is not None}
-        try:
-            response = self._http.request(
-                method,
-                path,
-                params=params,
-                json=json,
-                content=content,
-                headers=self._headers(headers),
-                timeout=timeout or self._http.timeout,
-            )
-        except httpx.TransportError as exc:
-            raise self._connection_failed(exc) from exc
+        # A pooled connection the server closed while it sat idle (its keep-alive ran out) can fail as a
+        # request goes out. A request that may be sent twice (an idempotent method, a body held in
+        # memory) is then sent once more, on a new connection.
+        again = method.upper() in IDEMPOTENT and (content is None or isinstance(content, bytes | str))
+        while True:
+            try:
+                response = self._http.request(
+                    method,
+                    path,
+                    params=params,
+                    json=json,
+                    content=content,
+                    headers=self._headers(headers),
+                    timeout=timeout or self._http.timeout,
+                )
+                break
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+                if not again:
+                    raise self._connection_failed(exc) from exc
+                again = False
+            except httpx.TransportError as exc:
+                raise self._connection_failed(exc) from exc
         if response.is_error:
             raise error_from_response(response)
         return response
