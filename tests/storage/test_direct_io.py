@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import mmap
 import os
 import queue
 import random
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from xxhash import xxh3_64_digest
@@ -21,7 +23,16 @@ from opensci.storage.chunking import chunk_id
 from opensci.storage.errors import ObjectDamaged
 from opensci.storage.index import Location
 from opensci.storage.maintenance import verify
-from opensci.storage.packs import ALIGN, HEADER, PACK_HEADER, STAGE_BYTES, PackWriter, pack_path, scan_pack
+from opensci.storage.packs import (
+    ALIGN,
+    HEADER,
+    PACK_HEADER,
+    STAGE_BYTES,
+    PackWriter,
+    open_direct,
+    pack_path,
+    scan_pack,
+)
 from opensci.storage.readback import SPAN_BYTES
 from opensci.storage.store import BlobStore
 from tests.conftest import need
@@ -172,19 +183,20 @@ def _uncache(path: Path) -> None:
         os.close(fd)
 
 
-def test_the_read_back_takes_what_the_page_cache_holds_and_reads_the_rest_directly(
-    store: BlobStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A file re-uploaded a moment after a download finds its old chunks in the page cache: those are
-    copied from it, and only what it lacks is read from the disk, with direct I/O (reads through the
-    cache of bytes it does not hold go at the kernel's small read-ahead). A span wholly cached, one
-    cached up to its middle (the direct read resumes at the block where the cache ends), and a pack not
-    cached at all make the same content."""
-    need(direct_writer(store.packs_dir).direct, "direct I/O")
-    data = random_bytes(3 * SPAN_BYTES, 9)
-    oid = store.put(io.BytesIO(data)).oid
-    [pack] = {loc.pack_id for _, loc in chunk_locations(store, oid)}
-    path = pack_path(store.packs_dir, pack)
+def test_a_read_takes_what_the_page_cache_holds_and_reads_the_rest_directly(tmp_path: Path) -> None:
+    """Bytes the page cache holds are copied from it (RWF_NOWAIT: nothing is read from the disk); the
+    direct read of the rest starts at the block where the cached part ends."""
+    path = tmp_path / "pack"
+    data = random_bytes(6 * MiB + 1000, 10)
+    path.write_bytes(data)
+    _uncache(path)
+    with open(path, "rb", buffering=0) as fh:  # the first 1.5 MiB in the cache, no read-ahead past them
+        os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
+        fh.read(MiB + MiB // 2)
+    direct = open_direct(path, os.O_RDONLY)
+    need(direct is not None, f"the filesystem of {tmp_path} refuses O_DIRECT")
+    assert direct is not None
+    cached = os.open(path, os.O_RDONLY)
     calls: list[tuple[bool, int, int, int]] = []  # nowait, asked from, asked to, got to
     fill = readback._fill
 
@@ -193,27 +205,88 @@ def test_the_read_back_takes_what_the_page_cache_holds_and_reads_the_rest_direct
         calls.append((nowait, got, n, done))
         return done
 
-    monkeypatch.setattr(readback, "_fill", watched)
+    buffer = mmap.mmap(-1, 8 * MiB)
+    try:
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(readback, "_fill", watched)
+            n = len(data) + (-len(data)) % ALIGN
+            assert readback._read((cached, direct), buffer, 0, n) == len(data)
+        assert buffer[: len(data)] == data
+        nowait, _, _, done = calls[0]
+        assert nowait and MiB + MiB // 2 <= done < len(data), calls  # the cached part …
+        assert calls[1] == (False, done - done % ALIGN, n, len(data)), calls  # … then directly
+    finally:
+        buffer.close()
+        os.close(cached)
+        os.close(direct)
+
+
+def test_the_read_back_gathers_cached_spans_and_reads_the_others_directly(
+    store: BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file re-uploaded a moment after a download finds its old chunks in the page cache: a span the
+    cache holds whole is read with one scatter read, each chunk straight to its place for the hash; one
+    it does not hold is read with direct I/O (a read through the cache of bytes it lacks goes at the
+    kernel's read-ahead). Both make the same content."""
+    need(direct_writer(store.packs_dir).direct, "direct I/O")
+    data = random_bytes(3 * SPAN_BYTES, 9)
+    oid = store.put(io.BytesIO(data)).oid
+    [pack] = {loc.pack_id for _, loc in chunk_locations(store, oid)}
+    path = pack_path(store.packs_dir, pack)
+    spans: list[bool] = []  # gathered, per span
+    fills: list[bool] = []  # nowait, per fill of a span not gathered
+    read_span, fill = readback._read_span, readback._fill
+
+    def watched_span(*args: Any) -> tuple[bool, int]:
+        result = read_span(*args)
+        spans.append(result[0])
+        return result
+
+    def watched_fill(fd: int, view: memoryview, start: int, got: int, n: int, *, nowait: bool = False) -> int:
+        fills.append(nowait)
+        return fill(fd, view, start, got, n, nowait=nowait)
+
+    monkeypatch.setattr(readback, "_read_span", watched_span)
+    monkeypatch.setattr(readback, "_fill", watched_fill)
     hashes = [h for h, _ in cut(data)]
 
     def read_back() -> None:
-        calls.clear()
+        spans.clear()
+        fills.clear()
         store.recent.clear()  # as after a restart: nothing of the upload is in the store's own memory
         assert store.commit_manifest(oid, len(data), hashes).oid == oid == sha256(data)
 
     _uncache(path)
-    with open(path, "rb", buffering=0) as fh:  # a span and a half in the cache (a download stopped there)
-        os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_RANDOM)  # and no read-ahead past it
+    with open(path, "rb", buffering=0) as fh:  # the first span and more in the cache
+        os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
         while fh.tell() < SPAN_BYTES + SPAN_BYTES // 2:
             fh.read(MiB)
     read_back()
-    assert calls[0][0] and calls[0][3] == calls[0][2], calls  # the first span, wholly from the cache
-    nowait, _, n, done = calls[1]
-    assert nowait and 0 < done < n, calls  # the second, up to its middle …
-    assert calls[2] == (False, done - done % ALIGN, n, n), calls  # … and directly from the block there on
+    assert spans[0] is True and len(spans) >= 3, spans
 
     _uncache(path)
     read_back()
-    assert calls[0][0] and calls[0][3] == 0, calls  # nothing in the cache
-    assert calls[1] == (False, 0, calls[0][2], calls[0][2]), calls  # all of the span read directly
+    assert spans[0] is False and False in fills, (spans, fills)  # nothing cached: read directly
     assert b"".join(store.iter_range(oid)) == data
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_a_span_of_more_records_than_one_scatter_read_takes_is_read_back(
+    store: BlobStore, cached: bool
+) -> None:
+    """Chunks of other clients may be tiny: 3,000 of them make one span of 6,000 pieces to read, several
+    scatter reads of IOV_MAX each (or one direct read when the cache does not hold them)."""
+    pieces = [random_bytes(100 + i % 7, 1000 + i) for i in range(3000)]
+    named = [(chunk_id(p), p) for p in pieces]
+    store.put_chunks(named)
+    locations = store._locate([d for d, _ in named])
+    assert len({loc.pack_id for loc in locations.values()}) == 1
+    path = pack_path(store.packs_dir, next(iter(locations.values())).pack_id)
+    _uncache(path)
+    if cached:
+        path.read_bytes()
+    store.recent.clear()
+    with store.content_reader(min_chunk=0) as reader:
+        reader.feed([d for d, _ in named])
+        assert reader.hexdigest() == sha256(b"".join(pieces))
+        assert not reader.missing

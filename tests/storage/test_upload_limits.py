@@ -282,7 +282,7 @@ def test_a_reader_holds_no_buffer_between_feeds(store: BlobStore) -> None:
     with store.content_reader("", len(data)) as reader:
         for h, _ in chunks:
             reader.feed([bytes.fromhex(h)])
-            assert reader._buffers == [] and reader._joined is None and reader._packs.fds == {}
+            assert reader._buffers == [] and reader._slots == [] and reader._packs.fds == {}
         assert reader.hexdigest() == hashlib.sha256(data).hexdigest() and reader.size == len(data)
 
 

@@ -32,7 +32,7 @@ from opensci.errors import InvalidInput
 from opensci.storage.chunking import MIN_SIZE
 from opensci.storage.errors import DigestMismatch, ObjectDamaged
 from opensci.storage.index import CHECKPOINT, ENTRY, Location, decode_checkpoints
-from opensci.storage.packs import ALIGN, HEADER, check_chunk, open_direct, pack_path
+from opensci.storage.packs import ALIGN, HEADER, IOV_MAX, check_chunk, open_direct, pack_path
 from opensci.storage.reader import _executor
 from opensci.storage.sha256 import Sha256
 
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 SPAN_BYTES = 8 * 1024 * 1024  # most record bytes read at once
 BUFFER_BYTES = SPAN_BYTES + 2 * ALIGN  # a span, widened to whole blocks at both ends
 CHECKPOINT_BYTES = 4 * 1024 * 1024  # the least content between two saved sha256 states
+SLOTS = 3  # spans in memory at once as chunk bytes: one read, one checked, one hashed
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,45 @@ def _read(fds: tuple[int, int | None], buffer: mmap.mmap, start: int, n: int) ->
         view.release()
 
 
+def _gather(fd: int, span: _Span, heads: bytearray, joined: bytearray, *, nowait: bool) -> bool:
+    """Read a span's records with one scatter read: each chunk's bytes straight to their place in
+    `joined` (back to back, as they are hashed), each header to `heads`. With `nowait`, only from the page
+    cache (RWF_NOWAIT). True if every record was read whole; False if the cache lacked some (or the pack
+    ends early: the caller reads the span again as raw bytes, and finds out)."""
+    hv, jv = memoryview(heads), memoryview(joined)
+    iov: list[memoryview] = []
+    at = 0
+    for k, loc in enumerate(span.locations):
+        iov += [hv[k * HEADER : (k + 1) * HEADER], jv[at : at + loc.length]]
+        at += loc.length
+    offset = span.locations[0].offset
+    flags = os.RWF_NOWAIT if nowait else 0
+    for i in range(0, len(iov), IOV_MAX):
+        part = iov[i : i + IOV_MAX]
+        try:
+            n = os.preadv(fd, part, offset, flags)
+        except OSError:
+            if nowait:  # EAGAIN: not all in the cache
+                return False
+            raise
+        want = sum(len(b) for b in part)
+        if n < want:
+            return False
+        offset += n
+    return True
+
+
+def _read_span(
+    fds: tuple[int, int | None], span: _Span, raw: mmap.mmap, heads: bytearray, joined: bytearray
+) -> tuple[bool, int]:
+    """On a worker thread: (True, 0) once the span's chunks are gathered in `joined` and their headers in
+    `heads` (from the page cache; or through it, where direct I/O is not used); else (False, n) with the
+    span's raw bytes in raw[:n] (see `_read`)."""
+    if _gather(fds[0], span, heads, joined, nowait=fds[1] is not None):
+        return True, 0
+    return False, _read(fds, raw, span.start, span.stop - span.start)
+
+
 class _Packs:
     """The packs' file descriptors: through the page cache, and for direct reads where allowed."""
 
@@ -203,9 +243,9 @@ class ContentReader:
         self.resumed_at = 0  # bytes of content whose hash came from the base's checkpoint, not read
         self._matched = 0  # leading chunks of the manifest that are the base's, not read yet
         self._packs = _Packs(store)
-        self._buffers: list[mmap.mmap] = []
-        self._joined: bytearray | None = None  # a span's chunk bytes, back to back
-        self._joined_next: bytearray | None = None  # the other one, while the first is being hashed
+        self._buffers: list[mmap.mmap] = []  # two raw buffers, for spans read as they are on disk
+        self._slots: list[tuple[bytearray, bytearray]] = []  # three (chunk bytes, headers) of spans
+        self._turn = 0  # spans read so far: span k uses raw buffer k % 2 and slot k % 3
         self._hashing: tuple[Future[None], int] | None = None  # a span's hash in flight, chunks after it
 
     def __enter__(self) -> ContentReader:
@@ -383,9 +423,7 @@ class ContentReader:
     def _from_memory(self, digests: Sequence[bytes]) -> int:
         """Hash the leading chunks of `digests` that are in memory; returns how many."""
         self._wait_hash()  # the buffer below may be the one a worker is hashing
-        if self._joined is None:
-            self._joined = bytearray(SPAN_BYTES)
-        view = memoryview(self._joined)
+        view = memoryview(self._slot(self._turn % SLOTS, SPAN_BYTES, 0)[0])
         recent = self.store.recent
         at = done = 0
         try:
@@ -430,77 +468,101 @@ class ContentReader:
     def _hash(self, digests: Sequence[bytes], locations: dict[bytes, Location]) -> None:
         spans = _spans(digests, locations)
         done = 0  # digests hashed
-        pending: Future[int] | None = None
+        reading: tuple[Future[tuple[bool, int]], int, int] | None = None
         try:
             current = next(spans, None)
             if current is not None:
-                pending = self._read(current, 0)
-            turn = 0
-            while current is not None:
+                reading = self._read(current)
+            while current is not None and reading is not None:
+                future, slot, raw = reading
                 try:
-                    got = pending.result() if pending is not None else 0
+                    gathered, got = future.result()
                 except FileNotFoundError:
                     raise _Moved(done) from None
-                pending = None
+                reading = None
                 following = next(spans, None)
                 if following is not None:  # read the next span while this one is checked and hashed
-                    pending = self._read(following, 1 - turn)
-                self._check_and_hash(current, memoryview(self._buffers[turn])[:got])
+                    reading = self._read(following)
+                self._check_and_hash(current, slot, None if gathered else raw, got)
                 done += len(current.digests)
-                current, turn = following, 1 - turn
+                current = following
         except BaseException:
             self._drop_hash()
             raise
         finally:
-            if pending is not None:
-                pending.cancel()
+            if reading is not None:
+                reading[0].cancel()
                 with contextlib.suppress(BaseException):  # the first failure is the one being raised
-                    pending.result()
+                    reading[0].result()
 
-    def _read(self, span: _Span, turn: int) -> Future[int]:
-        """Read a span into buffer `turn` (0 or 1) on a worker thread."""
+    def _slot(self, k: int, need: int, chunks: int) -> tuple[bytearray, bytearray]:
+        """Slot `k`, large enough for `need` bytes of chunks and `chunks` headers."""
+        while len(self._slots) <= k:
+            self._slots.append((bytearray(SPAN_BYTES), bytearray(HEADER * (SPAN_BYTES // MIN_SIZE + 1))))
+        joined, heads = self._slots[k]
+        if len(joined) < need or len(heads) < HEADER * chunks:  # a chunk larger than a span, or tiny ones
+            joined = bytearray(max(len(joined), need))
+            heads = bytearray(max(len(heads), HEADER * chunks))
+            self._slots[k] = (joined, heads)
+        return joined, heads
+
+    def _read(self, span: _Span) -> tuple[Future[tuple[bool, int]], int, int]:
+        """Start reading a span on a worker thread: (its future, its slot, its raw buffer). Spans take
+        slots in turn; three of them, as span k + 1 is read while span k is checked and span k - 1 hashed
+        (and raw buffers, two, as only the span being checked reads its raw buffer)."""
+        slot, raw = self._turn % SLOTS, self._turn % 2
+        self._turn += 1
+        joined, heads = self._slot(slot, sum(loc.length for loc in span.locations), len(span.locations))
         n = span.stop - span.start
-        while len(self._buffers) <= turn:
+        while len(self._buffers) <= raw:
             self._buffers.append(mmap.mmap(-1, BUFFER_BYTES))
-        if len(self._buffers[turn]) < n:  # one chunk larger than a span (up to MAX_CHUNK)
+        if len(self._buffers[raw]) < n:  # one chunk larger than a span (up to MAX_CHUNK)
             with contextlib.suppress(BufferError):
-                self._buffers[turn].close()
-            self._buffers[turn] = mmap.mmap(-1, n)
+                self._buffers[raw].close()
+            self._buffers[raw] = mmap.mmap(-1, n)
         try:
             fds = self._packs.fd(span.pack_id)
         except FileNotFoundError as exc:
-            failed: Future[int] = Future()
+            failed: Future[tuple[bool, int]] = Future()
             failed.set_exception(exc)
-            return failed
-        return _executor().submit(_read, fds, self._buffers[turn], span.start, n)
+            return failed, slot, raw
+        return _executor().submit(_read_span, fds, span, self._buffers[raw], heads, joined), slot, raw
 
-    def _check_and_hash(self, span: _Span, data: memoryview) -> None:
-        """Check each chunk of a span, gather their bytes, and hash them in one call on a worker thread
-        while the next span is checked here: SHA-256 lets go of the GIL once per span, not once per
-        chunk (a thread that gives the GIL up waits for it again up to the switch interval, 5 ms, while
-        another thread runs Python). Two buffers take turns; one span is hashed at a time, in order."""
-        need = sum(loc.length for loc in span.locations)
-        self._joined, self._joined_next = self._joined_next, self._joined
-        if self._joined is None or len(self._joined) < need:
-            self._joined = bytearray(max(SPAN_BYTES, need))
-        joined = memoryview(self._joined)
+    def _check_and_hash(self, span: _Span, slot: int, raw: int | None, got: int) -> None:
+        """Check each chunk of a span and hash their bytes, back to back in its slot, in one call on a
+        worker thread while the next span is checked here: SHA-256 lets go of the GIL once per span, not
+        once per chunk (a thread that gives the GIL up waits for it again up to the switch interval, 5
+        ms, while another thread runs Python). One span is hashed at a time, in order.
+
+        The chunks were gathered in the slot by the read (`raw` None), or are copied there from the raw
+        bytes of the span, `got` of them in raw buffer `raw` (a direct read, or one the cache lacked)."""
+        joined_buffer, heads_buffer = self._slots[slot]
+        joined, heads = memoryview(joined_buffer), memoryview(heads_buffer)
+        data = memoryview(self._buffers[raw])[:got] if raw is not None else None
         at_joined = 0
         try:
-            for loc, digest in zip(span.locations, span.digests, strict=True):
-                at = loc.offset - span.start
+            for k, (loc, digest) in enumerate(zip(span.locations, span.digests, strict=True)):
                 reason: str | None
-                if at + HEADER + loc.length > len(data):
-                    reason = "the pack ends before the chunk does"
+                if data is None:
+                    body = joined[at_joined : at_joined + loc.length]
+                    header = heads[k * HEADER : (k + 1) * HEADER]
+                    reason = check_chunk(header, body, digest, verify=True, fast=loc.check)
                 else:
-                    body = data[at + HEADER : at + HEADER + loc.length]
-                    reason = check_chunk(data[at : at + HEADER], body, digest, verify=True, fast=loc.check)
+                    at = loc.offset - span.start
+                    if at + HEADER + loc.length > len(data):
+                        reason = "the pack ends before the chunk does"
+                    else:
+                        body = data[at + HEADER : at + HEADER + loc.length]
+                        reason = check_chunk(
+                            data[at : at + HEADER], body, digest, verify=True, fast=loc.check
+                        )
+                        joined[at_joined : at_joined + loc.length] = body
                 if reason is not None:
                     self.store._quarantine(self.oid, (digest, loc))
                     raise ObjectDamaged(
                         f"chunk {digest.hex()} (pack {loc.pack_id}, offset {loc.offset}) is damaged: "
                         f"{reason}. It is quarantined; upload the file again to repair it"
                     )
-                joined[at_joined : at_joined + loc.length] = body
                 at_joined += loc.length
                 self._append(digest, loc.length)
             self._wait_hash()
@@ -510,7 +572,9 @@ class ContentReader:
             )
         finally:
             joined.release()
-            data.release()
+            heads.release()
+            if data is not None:
+                data.release()
 
     def _free(self) -> None:
         """Let go of the read buffers and pack files between feeds (a stream may pause for minutes)."""
@@ -519,7 +583,7 @@ class ContentReader:
             with contextlib.suppress(BufferError):  # a view in a traceback still uses it: freed later
                 buffer.close()
         self._buffers = []
-        self._joined = self._joined_next = None
+        self._slots = []
 
     def close(self) -> None:
         self._drop_hash()
