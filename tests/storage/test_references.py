@@ -21,9 +21,10 @@ from opensci.repos.gitstore import GitStore, Upload
 from opensci.repos.models import Repository
 from opensci.settings import Settings
 from opensci.storage import files, quota
+from opensci.storage.gc import gc, release_holds
 from opensci.storage.models import RepoObject
 from opensci.storage.pointers import parse_pointer
-from opensci.storage.references import referenced_lfs_oids
+from opensci.storage.references import referenced_by_repo, referenced_lfs_oids
 from opensci.storage.store import BlobStore
 from tests.conftest import Account
 from tests.storage.conftest import backdate, random_bytes
@@ -194,3 +195,62 @@ def test_gc_returns_uploads_never_committed_to_the_owners_quota(
         assert quota.usage(session, app.state.settings, repo.owner_id).used_bytes == 300_000
         assert files.held_oids(session, repo.id) == [oid(committed)]
     assert not store.has(oid(abandoned)) and store.has(oid(committed))
+
+
+def test_a_commit_landing_while_gc_reads_the_references_keeps_its_object_and_hold(
+    app: FastAPI, alice: Account, make_store: Callable[..., BlobStore]
+) -> None:
+    """What QA saw: `opensci storage gc --grace 0` during re-uploads released the hold of an object
+    that `main` pointed at (its raw file then came back as the pointer text), and could have deleted the
+    object: the references were read before the commit moved the branch, and the grace period counted
+    back from after that. Now it counts back from the start of the collection, a commit dates the object
+    and the hold, and every delete re-checks the date."""
+    store = make_store()
+    gitstore: GitStore = app.state.store
+    settings: Settings = app.state.settings
+    data = random_bytes(300_000, 80)
+    with app.state.db.session() as session:
+        actor = Actor.for_user(session, alice.user)
+        repo = service.create_repo(actor, session, gitstore, name="racy", kind="dataset")
+        repo_id = repo.id
+        info = store.put(io.BytesIO(data))
+        files.hold_object(session, settings, repo, info.oid, info.size)  # uploaded, not committed yet
+        session.commit()
+    store.close()
+    backdate(store.db, 2 * DAY)  # uploaded long ago (or a moment ago, with --grace 0)
+    with app.state.db.session() as session:
+        session.execute(sa.update(RepoObject).values(created_at=utcnow() - timedelta(days=2)))
+        session.commit()
+
+    started = utcnow()  # the collection starts and reads the references: no revision points at it yet
+    per_repo = referenced_by_repo(gitstore, [repo_id])
+    assert per_repo == {repo_id: set()}
+
+    with app.state.db.session() as session:  # the commit lands meanwhile
+        actor = Actor.for_user(session, alice.user)
+        repo = session.get(Repository, repo_id)
+        assert repo is not None
+        files.attach_object(session, settings, store, repo, actor, info.oid, info.size)
+        commit(session, gitstore, actor, repo, {"data.bin": pointer(data)})
+
+    report = gc(store, set(), grace=0, started=started)  # then deletes what it found unreferenced
+    assert release_holds(store, per_repo, grace=0, started=started) == 0
+    assert report.objects_deleted == 0
+    assert b"".join(store.iter_range(info.oid)) == data
+    with app.state.db.session() as session:
+        assert files.held_oids(session, repo_id) == [info.oid]
+
+    # An upload never committed is still released, and its object collected, once its time is past.
+    other = store.put(io.BytesIO(random_bytes(200_000, 81)))
+    with app.state.db.session() as session:
+        repo = session.get(Repository, repo_id)
+        assert repo is not None
+        files.hold_object(session, settings, repo, other.oid, other.size)
+        session.commit()
+    store.close()
+    later = utcnow() + timedelta(seconds=1)
+    per_repo = referenced_by_repo(gitstore, [repo_id])
+    assert gc(store, set().union(*per_repo.values()), grace=0, started=later).objects_deleted == 1
+    assert release_holds(store, per_repo, grace=0, started=later) == 1
+    with app.state.db.session() as session:
+        assert files.held_oids(session, repo_id) == [info.oid]

@@ -96,6 +96,7 @@ def gc(
     """Delete blobs that no revision of any repository references, then compact sparse packs."""
     from sqlalchemy import select
 
+    from opensci.db.base import utcnow
     from opensci.repos.gitstore import GitStore
     from opensci.repos.models import Repository
     from opensci.storage.gc import gc as run
@@ -103,6 +104,7 @@ def gc(
     from opensci.storage.references import referenced_by_repo
 
     with _store() as store:
+        started = utcnow()  # the grace period counts back from before the references are read
         with store.db.session() as session:
             repo_ids = session.scalars(select(Repository.id)).all()
         settings = store.settings
@@ -112,8 +114,8 @@ def gc(
             typer.secho(f"error: {exc}; nothing was collected", fg="red", err=True)
             raise typer.Exit(1) from None
         referenced = set().union(*per_repo.values())
-        report = run(store, referenced, grace, dry_run=dry_run)
-        released = release_holds(store, per_repo, grace, dry_run=dry_run)
+        report = run(store, referenced, grace, dry_run=dry_run, started=started)
+        released = release_holds(store, per_repo, grace, dry_run=dry_run, started=started)
     if json_output:
         print_json(
             {

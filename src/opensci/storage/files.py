@@ -19,7 +19,7 @@ import pygit2
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 from pygit2.enums import AttrCheck
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -34,7 +34,7 @@ from opensci.settings import Settings
 from opensci.storage import quota
 from opensci.storage.errors import ObjectDamaged, ObjectNotFound
 from opensci.storage.index import check_oid
-from opensci.storage.models import ObjectState, RepoObject
+from opensci.storage.models import ObjectState, RepoObject, StorageObject
 from opensci.storage.pointers import POINTER_MAX, format_pointer, parse_pointer
 from opensci.storage.readback import Base
 from opensci.storage.store import BlobStore, ObjectInfo
@@ -67,16 +67,19 @@ def held_oids(session: Session, repo_id: str) -> list[str]:
 
 def hold_object(session: Session, settings: Settings, repo: Repository, oid: str, size: int) -> None:
     """Record that `repo` holds a stored object, after the caller proved it has the bytes (it uploaded
-    them). Raises QuotaExceeded when the object is new to the owner and does not fit its quota. Flushes,
-    does not commit: the caller's transaction decides."""
-    if holds(session, repo.id, oid):
+    them), or that it relies on it again (a hold it has is dated now: see `gc.release_holds`). Raises
+    QuotaExceeded when the object is new to the owner and does not fit its quota. Flushes, does not
+    commit: the caller's transaction decides."""
+    now = utcnow()
+    mine = (RepoObject.repo_id == repo.id, RepoObject.oid == oid)
+    if session.execute(update(RepoObject).where(*mine).values(created_at=now)).rowcount:
         return
     if not quota.owner_holds(session, repo.owner_id, oid):
         quota.check(session, settings, repo.owner, size)
         quota.settle_pending(session, repo.owner_id, size)
     try:
         with session.begin_nested():  # concurrent uploads of one object: the second finds the first's row
-            session.add(RepoObject(repo_id=repo.id, oid=oid, size=size, created_at=utcnow()))
+            session.add(RepoObject(repo_id=repo.id, oid=oid, size=size, created_at=now))
     except IntegrityError:
         if not holds(session, repo.id, oid):
             raise
@@ -121,7 +124,15 @@ def attach_object(
         holders = session.scalars(select(Repository).join(RepoObject).where(RepoObject.oid == oid)).all()
         if not any(can(actor, "read", r) for r in holders):
             raise missing
-        hold_object(session, settings, repo, oid, info.size)
+    # The commit relies on the object from now on: the object and the hold are dated now, in the
+    # commit's transaction. A garbage collection that read the repositories' references before this
+    # commit moved its branch re-checks these dates as it deletes (see `gc`), so it spares both; one
+    # that deleted the object first leaves nothing to touch here, and the commit is refused.
+    now = utcnow()
+    alive = StorageObject.oid == oid, StorageObject.state == ObjectState.ok
+    if not session.execute(update(StorageObject).where(*alive).values(touched_at=now)).rowcount:
+        raise missing
+    hold_object(session, settings, repo, oid, info.size)
     return info
 
 

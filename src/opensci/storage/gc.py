@@ -16,7 +16,7 @@ import os
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import bindparam, case, delete, exists, func, select, update
 
@@ -55,12 +55,21 @@ class GcReport:
 
 
 def gc(
-    store: BlobStore, referenced_oids: Iterable[str], grace: float | None = None, *, dry_run: bool = False
+    store: BlobStore,
+    referenced_oids: Iterable[str],
+    grace: float | None = None,
+    *,
+    dry_run: bool = False,
+    started: datetime | None = None,
 ) -> GcReport:
     """Collect unreferenced objects and chunks older than `grace` seconds (default: the setting
-    `storage_gc_grace_seconds`), then delete dead packs and compact sparse ones."""
+    `storage_gc_grace_seconds`), then delete dead packs and compact sparse ones.
+
+    `started`: when the caller began reading `referenced_oids` (default: now). The grace period counts
+    back from then, so an object that a commit touched after that moment is spared even if the
+    references were read before the commit moved its branch (deletes re-check the time)."""
     grace = store.settings.storage_gc_grace_seconds if grace is None else grace
-    cutoff = utcnow() - timedelta(seconds=grace)
+    cutoff = (started or utcnow()) - timedelta(seconds=grace)
     keep = {check_oid(o) for o in referenced_oids}
     report = GcReport(dry_run=dry_run)
 
@@ -340,27 +349,39 @@ def _sweep_orphans(store: BlobStore, report: GcReport, known: set[str], cutoff_t
 
 
 def release_holds(
-    store: BlobStore, referenced: Mapping[str, set[str]], grace: float | None = None, *, dry_run: bool = False
+    store: BlobStore,
+    referenced: Mapping[str, set[str]],
+    grace: float | None = None,
+    *,
+    dry_run: bool = False,
+    started: datetime | None = None,
 ) -> int:
     """Forget that a repository holds an object no revision of it references (uploaded, never committed;
     or committed on a branch since deleted), once the hold is older than the grace period, and every
     hold of an object no longer stored. Quotas count holds, so this returns unused space to owners.
-    `referenced` maps each repository id to the oids its revisions reference. Returns the count."""
+    `referenced` maps each repository id to the oids its revisions reference, read from `started` on
+    (default: now). A hold is dated when its repository last took the object (an upload or a commit:
+    see `files.hold_object`), and each delete re-checks that date: a commit that lands while the
+    references are being read keeps its hold. Returns the count."""
+    started = started or utcnow()
     grace = store.settings.storage_gc_grace_seconds if grace is None else grace
-    cutoff = utcnow() - timedelta(seconds=grace)
+    cutoff = started - timedelta(seconds=grace)
     with store.db.session() as session:
         rows = session.execute(select(RepoObject.repo_id, RepoObject.oid, RepoObject.created_at)).all()
         stored = set(session.scalars(select(StorageObject.oid)))
         doomed = [
-            (repo_id, oid)
+            (repo_id, oid, started if oid not in stored else cutoff)  # held before this date
             for repo_id, oid, created in rows
-            if oid not in stored
+            if (oid not in stored and created < started)
             or (repo_id in referenced and oid not in referenced[repo_id] and created < cutoff)
         ]
+        released = 0
         if not dry_run:
-            for repo_id, oid in doomed:
-                session.execute(
-                    delete(RepoObject).where(RepoObject.repo_id == repo_id, RepoObject.oid == oid)
-                )
+            for repo_id, oid, before in doomed:
+                released += session.execute(
+                    delete(RepoObject).where(
+                        RepoObject.repo_id == repo_id, RepoObject.oid == oid, RepoObject.created_at < before
+                    )
+                ).rowcount
             session.commit()
-    return len(doomed)
+    return len(doomed) if dry_run else released

@@ -94,6 +94,8 @@ class RepoObject(Base):
     repo_id: Mapped[str] = mapped_column(ForeignKey("repositories.id", ondelete="CASCADE"), primary_key=True)
     oid: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
     size: Mapped[int] = mapped_column(BigInteger)
+    # When the repository last took the object: its upload, or a commit pointing at it. Garbage
+    # collection releases holds that no revision references once this is older than its grace period.
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
