@@ -31,10 +31,10 @@ from opensci.repos import gitstore
 from opensci.repos.gitstore import Change, Upload
 from opensci.repos.models import Repository
 from opensci.settings import Settings
-from opensci.storage import quota
+from opensci.storage import index, quota
 from opensci.storage.errors import ObjectDamaged, ObjectNotFound
 from opensci.storage.index import check_oid
-from opensci.storage.models import ObjectState, RepoObject, StorageObject
+from opensci.storage.models import ObjectState, RepoObject
 from opensci.storage.pointers import POINTER_MAX, format_pointer, parse_pointer
 from opensci.storage.readback import Base
 from opensci.storage.store import BlobStore, ObjectInfo
@@ -128,9 +128,7 @@ def attach_object(
     # commit's transaction. A garbage collection that read the repositories' references before this
     # commit moved its branch re-checks these dates as it deletes (see `gc`), so it spares both; one
     # that deleted the object first leaves nothing to touch here, and the commit is refused.
-    now = utcnow()
-    alive = StorageObject.oid == oid, StorageObject.state == ObjectState.ok
-    if not session.execute(update(StorageObject).where(*alive).values(touched_at=now)).rowcount:
+    if not index.touch_object(session, oid, utcnow()):
         raise missing
     hold_object(session, settings, repo, oid, info.size)
     return info

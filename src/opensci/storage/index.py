@@ -271,6 +271,12 @@ def keep_object(session: Session, oid: str, now: datetime) -> bool:
     digests = set(manifest_digests(row.manifest))
     if len(touch_chunks(session, list(digests), now)) != len(digests):
         return False
+    return touch_object(session, oid, now)
+
+
+def touch_object(session: Session, oid: str, now: datetime) -> bool:
+    """Mark the stored object `oid` as relied upon now, if it is there and healthy (garbage collection
+    re-checks this date as it deletes); whether it was."""
     result = session.execute(
         update(StorageObject)
         .where(StorageObject.oid == oid, StorageObject.state == ObjectState.ok)
